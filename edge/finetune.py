@@ -1,0 +1,85 @@
+"""Stage 2 on the device: load shipped encoders + manifest, fine-tune on local labeled windows."""
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from shared.data.dataset import MultimodalDataset
+from shared.errors import DataError
+from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
+from shared.training.common import config_dict, save_torch_atomic, write_json
+from shared.training.stage1 import ENCODERS, build_encoders, load_encoder_bundle
+from shared.training.stage2 import Stage2Config, evaluate, finetune
+
+log = logging.getLogger(__name__)
+FINETUNED = "finetuned.pt"
+
+
+def load_split(folder: str, name: str, required: bool = True) -> Optional[MultimodalDataset]:
+    path = os.path.join(folder, name + ".npz")
+    if not os.path.isfile(path):
+        if required:
+            raise DataError("{}: not found (the labels folder needs {}.npz + {}.json)".format(path, name, name))
+        return None
+    return MultimodalDataset.load(path)
+
+
+def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Config, pretrained: bool = True,
+                 use_quality: bool = True, progress: bool = True) -> Dict[str, Any]:
+    """Fine-tune on ``labels_dir/labeled`` selecting on ``labels_dir/val``; test on ``labels_dir/test`` if present.
+
+    Data in ``labels_dir`` is raw (sensor units); it is checked against the manifest's input schema and
+    normalized with the manifest's statistics. ``pretrained=False`` is the ablation: the same stage 2
+    from randomly initialized encoders of the same architecture.
+    """
+    manifest = read_manifest(model_dir)
+    norm = schema_normalizer(manifest)
+    splits = {}
+    for name in ("labeled", "val", "test"):
+        ds = load_split(labels_dir, name, required=name != "test")
+        if ds is not None:
+            check_compatible(manifest, ds, where=os.path.join(labels_dir, name + ".npz"))
+            splits[name] = norm.apply(ds)
+    encoders = load_encoder_bundle(os.path.join(model_dir, ENCODERS))
+    if not pretrained:
+        specs = schema_specs(manifest)
+        e0 = encoders[0].config
+        encoders = build_encoders(specs, [d["window"] for d in manifest["input_schema"].values()],
+                                  e0.widths, e0.dropout, e0.out_steps)
+    quality = manifest.get("quality") or {}
+    q = quality.get("q") if use_quality else None
+    if use_quality and q is None:
+        log.warning("manifest has no quality scores; beta_QoM is uniform")
+    res = finetune(encoders, splits["labeled"], splits["val"], config, quality=q, progress=progress)
+    metrics = {"val": res["val"], "best_epoch": res["best_epoch"], "seconds": res["seconds"],
+               "labeled_windows": len(splits["labeled"]), "pretrained": pretrained,
+               "quality_q": q, "config": config_dict(config)}
+    if "test" in splits:
+        metrics["test"] = evaluate(res["model"], splits["test"])
+    os.makedirs(out_dir, exist_ok=True)
+    save_torch_atomic({"format": "cosmo-har/finetuned", "state_dict": res["model"].state_dict(),
+                       "config": config_dict(config), "manifest_version": manifest["version"],
+                       "pretrained": pretrained}, os.path.join(out_dir, FINETUNED))
+    write_json(os.path.join(out_dir, "metrics.json"), dict(metrics, history=res["history"]))
+    metrics["model"] = res["model"]
+    metrics["classes"] = manifest["classes"]
+    metrics["modalities"] = list(manifest["input_schema"])
+    return metrics
+
+
+def summarize(m: Dict[str, Any]) -> str:
+    lines = ["stage 2: {} labeled windows, best val epoch {}, {:.1f} s".format(
+        m["labeled_windows"], m["best_epoch"], m["seconds"]),
+        "validation: accuracy {:.4f}  macro-F1 {:.4f}".format(m["val"]["accuracy"], m["val"]["macro_f1"])]
+    if "test" in m:
+        t = m["test"]
+        lines.append("test:       accuracy {:.4f}  macro-F1 {:.4f}".format(t["accuracy"], t["macro_f1"]))
+        lines.append("mean attention beta on test: " + ", ".join(
+            "{} {:.3f}".format(mod, b) for mod, b in zip(m["modalities"], t["beta_mean"])))
+        cm = np.asarray(t["confusion"])
+        width = max(len(c) for c in m["classes"])
+        lines.append("confusion (rows = true):")
+        for c, row in zip(m["classes"], cm):
+            lines.append("  {:>{w}} ".format(c, w=width) + " ".join("{:5d}".format(v) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Data: the windowed multimodal dataset, its loaders, windowing, splits and normalization.
+
+See ``dataset`` for the in-memory form; ``load_named`` picks a loader by name. Importing this package
+does no I/O (loaders find their files when called).
+"""
+import inspect
+import os
+from typing import Callable, Dict
+
+from ..errors import ConfigError, DataError
+from .basicmotions import load_basicmotions, read_ts
+from .dataset import FORMAT_VERSION, ModalitySpec, MultimodalDataset, concat, make_dataset
+from .hapt import RestrictedUnpickler, load_hapt, read_hapt_pickle, read_hapt_uci
+from .splits import Normalizer, Split, labeled_unlabeled, sample_labels, subject_split
+from .synthetic import make_synthetic
+from .uschad import load_uschad, read_uschad
+from .utdmhad import load_utdmhad
+from .windows import Recording, resample, sliding_windows
+
+LOADERS: Dict[str, Callable[..., MultimodalDataset]] = {
+    "hapt": load_hapt,
+    "basicmotions": load_basicmotions,
+    "synthetic": make_synthetic,
+    "uschad": load_uschad,
+    "utdmhad": load_utdmhad,
+}
+
+
+def load_named(name: str, **kwargs: object) -> MultimodalDataset:
+    """Load a data set by name, or a saved ``.npz``/``.json`` dataset by path.
+
+    Names (case-insensitive; ``-`` and ``_`` ignored, so ``"USC-HAD"`` works): ``hapt``,
+    ``basicmotions``, ``synthetic``, ``uschad``, ``utdmhad``; ``kwargs`` go to the loader
+    (``load_hapt``, ``load_basicmotions``, ``make_synthetic``, ``load_uschad(root=...)``,
+    ``load_utdmhad(root=...)``). A name ending in ``.npz`` or ``.json`` is read with
+    ``MultimodalDataset.load`` (no kwargs).
+
+    Raises:
+        DataError for an unknown name (listing the valid ones) or a missing/corrupt file;
+        ConfigError for keyword arguments the loader does not take.
+    """
+    name = str(name)
+    if name.lower().endswith((".npz", ".json")):
+        if kwargs:
+            raise ConfigError("load_named({!r}): a saved dataset takes no arguments, got {}".format(
+                name, sorted(kwargs)))
+        return MultimodalDataset.load(os.path.expanduser(name))
+    key = name.lower().replace("-", "").replace("_", "")
+    loader = LOADERS.get(key)
+    if loader is None:
+        raise DataError("unknown dataset {!r}; valid names: {}, or a path to a saved .npz/.json dataset"
+                        .format(name, ", ".join(sorted(LOADERS))))
+    params = inspect.signature(loader).parameters
+    bad = sorted(k for k in kwargs if k not in params)
+    if bad:
+        raise ConfigError("load_named({!r}): unknown arguments {}; {} takes {}".format(
+            name, bad, loader.__name__, list(params)))
+    return loader(**kwargs)
+
+
+__all__ = [
+    # dataset
+    "FORMAT_VERSION", "ModalitySpec", "MultimodalDataset", "concat", "make_dataset",
+    # windows
+    "Recording", "resample", "sliding_windows",
+    # splits
+    "Normalizer", "Split", "labeled_unlabeled", "sample_labels", "subject_split",
+    # loaders
+    "RestrictedUnpickler", "load_hapt", "read_hapt_pickle", "read_hapt_uci",
+    "load_basicmotions", "read_ts",
+    "load_uschad", "read_uschad",
+    "load_utdmhad",
+    "make_synthetic",
+    "LOADERS", "load_named",
+    # errors used by the data layer
+    "DataError",
+]

@@ -1,0 +1,35 @@
+"""ONNX export for edges: opset 13 (TensorRT 8.2 on the TX2), one file, dynamic batch axis."""
+import inspect
+import io
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+OPSET = 13
+
+
+def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: Optional[str] = None,
+                input_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
+                opset: int = OPSET) -> bytes:
+    """Export ``module`` (in eval mode) with a dynamic batch axis on every input and output.
+
+    Uses the TorchScript exporter (the only one in torch 1.10, and the one that targets opset 13);
+    weights are embedded (no external data). Returns the model bytes and writes them to ``path``.
+    """
+    module = module.eval()
+    input_names = input_names or ["x{}".format(i) for i in range(len(example))]
+    output_names = output_names or ["y"]
+    axes = {n: {0: "batch"} for n in list(input_names) + list(output_names)}
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5 defaults to dynamo
+        kwargs["dynamo"] = False
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, tuple(example), buf, opset_version=opset, input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, do_constant_folding=True, **kwargs)
+    data = buf.getvalue()
+    if path:
+        with open(path, "wb") as f:
+            f.write(data)
+    return data

@@ -1,0 +1,226 @@
+"""Cosmo stage 1: contrastive fusion pretraining of per-modality encoders on unlabeled windows.
+
+For each batch: encode each modality (``h_j [B, S, F_j]``), project and L2-normalize (``r_j [B, D]``),
+make P fused views per sample (``FusionViews``) and minimize ``ContrastiveFusionLoss``. Labels are
+never read: pass only unlabeled windows (``splits.labeled_unlabeled`` removes the labeled ones).
+"""
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from dataclasses import dataclass, replace
+from torch import nn
+
+from ..data.dataset import ModalitySpec, MultimodalDataset
+from ..errors import ConfigError, DataError
+from ..losses import ContrastiveFusionLoss, FusionViews
+from ..models.encoders import build_encoder, encoder_spec
+from ..models.heads import ProjectionHead
+from .common import (augment, config_dict, iterate_batches, pick_device, save_torch_atomic, seed_everything,
+                     to_tensors)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "stage1_last.pt"
+ENCODERS = "encoders.pt"
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage-1 hyper-parameters (reference values in REFERENCE.md: SGD 0.01, batch 32, tau 0.07, P 9)."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    temperature: float = 0.07
+    num_views: int = 9
+    fusion: str = "dirichlet"
+    concentration: float = 1.0
+    proj_dim: int = 128
+    proj_hidden: int = 256
+    encoder_widths: Sequence[int] = (64, 64, 64, 32)
+    encoder_dropout: float = 0.2
+    out_steps: int = 8
+    input_views: int = 1
+    jitter: float = 0.0
+    scale: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("stage1: field 'epochs' must be >= 1, got {}".format(self.epochs))
+        if self.batch_size < 2:
+            raise ConfigError("stage1: field 'batch_size' must be >= 2, got {}".format(self.batch_size))
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError("stage1: field 'optimizer' must be 'sgd' or 'adam', got {!r}".format(self.optimizer))
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError("stage1: field 'schedule' must be 'cosine' or 'constant', got {!r}".format(self.schedule))
+        if self.lr <= 0:
+            raise ConfigError("stage1: field 'lr' must be > 0, got {}".format(self.lr))
+        if self.fusion not in ("dirichlet", "grid"):
+            raise ConfigError("stage1: field 'fusion' must be 'dirichlet' or 'grid', got {!r}".format(self.fusion))
+        if self.num_views < 2:
+            raise ConfigError("stage1: field 'num_views' must be >= 2, got {}".format(self.num_views))
+        if self.input_views < 1 or self.num_views % self.input_views:
+            raise ConfigError("stage1: field 'input_views' must be >= 1 and divide num_views={}, got {}".format(
+                self.num_views, self.input_views))
+        if self.temperature <= 0:
+            raise ConfigError("stage1: field 'temperature' must be > 0, got {}".format(self.temperature))
+
+
+def build_encoders(specs: Sequence[ModalitySpec], windows: Sequence[int], widths: Sequence[int],
+                   dropout: float, out_steps: int) -> List[nn.Module]:
+    """One encoder per modality: ``conv3d`` for skeleton layouts, ``conv1d`` otherwise."""
+    encs = []
+    for spec, t in zip(specs, windows):
+        if spec.layout == "skeleton":
+            encs.append(build_encoder("conv3d", joints=spec.joints, coords=spec.coords, window=t,
+                                      widths=tuple(widths[:3]), dropout=dropout, out_steps=out_steps))
+        else:
+            encs.append(build_encoder("conv1d", in_channels=len(spec.channels), window=t, widths=tuple(widths),
+                                      dropout=dropout, out_steps=out_steps))
+    return encs
+
+
+class Stage1Model(nn.Module):
+    """Encoders + projection heads. ``forward(xs)`` -> ``r [B, M, D]`` (unit-norm per modality)."""
+
+    def __init__(self, encoders: Sequence[nn.Module], proj_dim: int = 128, proj_hidden: int = 256) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.heads = nn.ModuleList([ProjectionHead(e.feature_dim, proj_dim, proj_hidden) for e in encoders])
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([h(e(x)) for e, h, x in zip(self.encoders, self.heads, xs)], 1)
+
+
+def encoder_bundle(model: Stage1Model, specs: Sequence[ModalitySpec]) -> Dict[str, Any]:
+    """What the edge needs to rebuild the encoders: specs + state dicts (torch-1.10 loadable)."""
+    return {
+        "format": "cosmo-har/encoders",
+        "modalities": [s.name for s in specs],
+        "encoders": [encoder_spec(e) for e in model.encoders],
+        "state_dicts": [{k: v.detach().cpu() for k, v in e.state_dict().items()} for e in model.encoders],
+    }
+
+
+def load_encoder_bundle(path: str, map_location: str = "cpu") -> List[nn.Module]:
+    """Rebuild the encoders saved by ``pretrain`` (``encoders.pt``), in modality order."""
+    if not os.path.isfile(path):
+        raise DataError("{}: encoder file not found".format(path))
+    try:
+        b = torch.load(path, map_location=map_location)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise DataError("{}: corrupt or unreadable encoder file: {}".format(path, e))
+    if not isinstance(b, dict) or b.get("format") != "cosmo-har/encoders":
+        raise DataError("{}: not a cosmo-har encoder bundle".format(path))
+    encs = []
+    for spec, sd in zip(b["encoders"], b["state_dicts"]):
+        e = build_encoder(spec["name"], **spec["config"])
+        e.load_state_dict(sd)
+        encs.append(e)
+    return encs
+
+
+def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, resume: bool = True,
+             progress: bool = True) -> Dict[str, Any]:
+    """Train stage 1 on ``unlabeled`` (normalized windows; labels ignored) and write into ``out_dir``:
+
+    * ``stage1_last.pt``: full checkpoint after every epoch (model, optimizer, epoch, history), used
+      to resume;
+    * ``encoders.pt``: the encoder bundle (``encoder_bundle``).
+
+    Returns ``{"history": [...], "seconds": ..., "epochs_run": ...}``.
+    """
+    from tqdm import tqdm
+
+    config.check()
+    if unlabeled.num_classes and (unlabeled.labels >= 0).any():
+        log.warning("stage 1 ignores the %d labels present in its input", int((unlabeled.labels >= 0).sum()))
+    if len(unlabeled) < config.batch_size:
+        raise DataError("stage 1 needs at least batch_size={} windows, got {}".format(config.batch_size, len(unlabeled)))
+    if len(unlabeled.modalities) < 2:
+        raise DataError("contrastive fusion needs >= 2 modalities, got {}".format(unlabeled.modalities))
+    os.makedirs(out_dir, exist_ok=True)
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    specs = list(unlabeled.specs.values())
+    model = Stage1Model(build_encoders(specs, [a.shape[1] for a in unlabeled.x.values()], config.encoder_widths,
+                                       config.encoder_dropout, config.out_steps),
+                        config.proj_dim, config.proj_hidden).to(device)
+    fusion = FusionViews(config.num_views // config.input_views, config.fusion, config.concentration)
+    criterion = ContrastiveFusionLoss(config.temperature)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)  # type: torch.optim.Optimizer
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = len(unlabeled) // config.batch_size
+    total = config.epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if config.schedule == "constant":
+            return config.lr
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+    history = []  # type: List[Dict[str, float]]
+    start_epoch = 0
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if resume and os.path.isfile(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device)
+        if ck.get("config") != config_dict(config):
+            raise ConfigError("{}: checkpoint was made with another config; use a new out_dir or resume=False"
+                              .format(ckpt_path))
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history = int(ck["epoch"]) + 1, list(ck["history"])
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("stage 1: resumed from %s at epoch %d", ckpt_path, start_epoch)
+    xs_all = [torch.from_numpy(a) for a in unlabeled.x.values()]
+    rng = np.random.RandomState(config.seed)
+    for _ in range(start_epoch):  # keep the shuffling stream identical after a resume
+        rng.permutation(len(unlabeled))
+    t0 = time.time()
+    bar = tqdm(total=config.epochs, initial=start_epoch, desc="stage 1", unit="epoch", disable=not progress,
+               dynamic_ncols=True)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        losses = []
+        for it, idx in enumerate(iterate_batches(len(unlabeled), config.batch_size, True, rng, drop_last=True)):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * steps_per_epoch + it)
+            xs = [x[idx].to(device) for x in xs_all]
+            views = [fusion(model(augment(xs, config.jitter, config.scale))) for _ in range(config.input_views)]
+            loss = criterion(torch.cat(views, 1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                        "seconds": time.time() - t0})
+        save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                           "history": history, "config": config_dict(config),
+                           "torch_rng": torch.get_rng_state()}, ckpt_path)
+        bar.set_postfix(loss="{:.3f}".format(history[-1]["loss"]))
+        bar.update(1)
+        log.info("stage 1 epoch %d/%d loss %.4f", epoch + 1, config.epochs, history[-1]["loss"])
+    bar.close()
+    model.cpu()
+    save_torch_atomic(encoder_bundle(model, specs), os.path.join(out_dir, ENCODERS))
+    return {"history": history, "seconds": time.time() - t0, "epochs_run": config.epochs - start_epoch,
+            "model": model}
+
+
+def replace_config(cfg: Stage1Config, **kw: Any) -> Stage1Config:
+    out = replace(cfg, **kw)
+    out.check()
+    return out
