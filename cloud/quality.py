@@ -4,7 +4,7 @@ For modality j with features ``X_j [N, d]``:
 
 * features: by default the stage-1 encoder output ``z_j`` (flattened ``[S * F]``) of the unlabeled
   training windows; ``raw_features`` gives the flattened raw windows instead. Either way the features
-  are z-scored per dimension and reduced by PCA to ``pca_dims`` (10) components before scoring, so
+  are centred and reduced by PCA to ``pca_dims`` (10) components before scoring, so
   both scores compare modalities of different widths on the same footing;
 * ``H(X_j)``: Hopkins statistic, ``H = sum u_i / (sum u_i + sum w_i)`` with ``m = 10 %`` of at most
   ``max_points`` (2000) points: ``u_i`` the distance from a uniform random point in the data's
@@ -12,7 +12,10 @@ For modality j with features ``X_j [N, d]``:
   nearest other data point. About 0.5 for uniform data, towards 1 for clustered data. Averaged over
   ``repeats`` (5) draws;
 * ``k_j``: the number of clusters, the k in ``2 .. k_max`` (``k_max = max(2K, 10)``) with the highest
-  silhouette score of k-means (10 initializations) on the same points;
+  silhouette score of k-means (10 initializations) on the same points; **but k_j = 1 when that best
+  silhouette is below 0.25** (Kaufman & Rousseeuw: "no substantial structure"). Without this rule a
+  modality of pure noise, whose silhouette curve is flat, gets an arbitrary k that matches K by chance
+  and doubles its q;
 * ``c_j = |k_j - K|`` (K = number of classes); **rule for c_j = 0**: use 0.5 (an exact match counts as
   better than being one cluster off, and avoids dividing by zero);
 * ``q_j = H(X_j) / c_j`` and ``beta_QoM = q / sum(q)``.
@@ -21,21 +24,23 @@ Everything is seeded and deterministic.
 """
 import logging
 from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from dataclasses import asdict, dataclass
 from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 from shared.data.dataset import MultimodalDataset
 from shared.errors import DataError
 from shared.training.common import iterate_batches
 
 log = logging.getLogger(__name__)
+NO_STRUCTURE = 0.25  # best silhouette below this: one cluster (Kaufman & Rousseeuw)
 
 
 def hopkins(x: np.ndarray, sample_fraction: float = 0.1, seed: int = 0, repeats: int = 5) -> float:
@@ -58,14 +63,26 @@ def hopkins(x: np.ndarray, sample_fraction: float = 0.1, seed: int = 0, repeats:
     return float(np.mean(vals))
 
 
+def _single_thread() -> threadpool_limits:
+    """Limit OpenMP and BLAS to one thread. torch (imported here) and scikit-learn each ship a libgomp,
+    and numpy/scipy an OpenBLAS; on a small or busy machine their spinning pools made k-means and the
+    PCA's SVD 20-100x slower (45 s instead of 0.5 s for 2 x 480 windows on 2 cores). One thread is
+    fast at these sizes (<= ``max_points`` points, ``pca_dims`` dimensions)."""
+    return threadpool_limits(limits=1)
+
+
 def estimate_clusters(x: np.ndarray, k_max: int, seed: int = 0) -> Dict[int, float]:
-    """Silhouette score of k-means for each k in ``2 .. k_max``."""
+    """Silhouette score of k-means for each k in ``2 .. k_max``.
+
+    Runs single-threaded (see ``_single_thread``).
+    """
     scores = OrderedDict()
-    for k in range(2, max(2, k_max) + 1):
-        if k >= x.shape[0]:
-            break
-        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
-        scores[k] = float(silhouette_score(x, labels)) if len(set(labels)) > 1 else -1.0
+    with _single_thread():
+        for k in range(2, max(2, k_max) + 1):
+            if k >= x.shape[0]:
+                break
+            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+            scores[k] = float(silhouette_score(x, labels)) if len(set(labels)) > 1 else -1.0
     return scores
 
 
@@ -96,7 +113,8 @@ class QualityReport:
                 "q": self.q, "beta_qom": self.beta_qom,
                 "per_modality": [dict(asdict(m), silhouette={str(k): v for k, v in m.silhouette.items()})
                                  for m in self.modalities],
-                "rule": "H: Hopkins on z-scored PCA-10 features; k: best k-means silhouette over 2..max(2K,10); "
+                "rule": "H: Hopkins on centred PCA-10 features; k: best k-means silhouette over 2..max(2K,10), "
+                        "1 if that silhouette < 0.25; "
                         "c = |k - K|, 0.5 when k = K; q = H / c; beta_QoM = q / sum(q)"}
 
     def table(self) -> str:
@@ -111,7 +129,7 @@ def _prepare(x: np.ndarray, max_points: int, pca_dims: int, rng: np.random.Rando
     x = np.asarray(x, np.float64).reshape(x.shape[0], -1)
     if x.shape[0] > max_points:
         x = x[np.sort(rng.choice(x.shape[0], max_points, replace=False))]
-    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
+    x = x - x.mean(0)  # centred, not z-scored per dimension: that would inflate noise dimensions
     dims = min(pca_dims, x.shape[1], x.shape[0] - 1)
     if dims < x.shape[1]:
         x = PCA(n_components=dims, random_state=0).fit_transform(x)
@@ -128,11 +146,14 @@ def score_quality(features: "Dict[str, np.ndarray]", num_classes: int, seed: int
     n_pts = 0
     for j, (m, f) in enumerate(features.items()):
         rng = np.random.RandomState(seed + 1000 * j)
-        x = _prepare(f, max_points, pca_dims, rng)
-        n_pts = x.shape[0]
-        h = hopkins(x, seed=seed)
-        sil = estimate_clusters(x, k_max, seed)
+        with _single_thread():
+            x = _prepare(f, max_points, pca_dims, rng)
+            n_pts = x.shape[0]
+            h = hopkins(x, seed=seed)
+            sil = estimate_clusters(x, k_max, seed)
         k = max(sil, key=lambda kk: sil[kk])
+        if sil[k] < NO_STRUCTURE:
+            k = 1
         c = float(abs(k - num_classes)) or 0.5
         out.append(ModalityQuality(m, h, int(k), c, h / c, sil))
         log.info("quality %s: H=%.3f k=%d c=%g q=%.3f", m, h, k, c, h / c)

@@ -92,7 +92,7 @@ def read_manifest(path: str) -> Dict[str, Any]:
         with open(p) as f:
             m = json.load(f, object_pairs_hook=OrderedDict)
     except ValueError as e:
-        raise DataError("{}: invalid manifest JSON: {}".format(p, e))
+        raise DataError("{}: invalid manifest JSON: {}".format(p, e)) from e
     if not isinstance(m, dict) or m.get("format") != "cosmo-har/manifest":
         raise DataError("{}: not a cosmo-har manifest".format(p))
     for k in ("name", "version", "input_schema", "classes", "files"):

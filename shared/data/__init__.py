@@ -32,7 +32,8 @@ def load_named(name: str, **kwargs: object) -> MultimodalDataset:
     Names (case-insensitive; ``-`` and ``_`` ignored, so ``"USC-HAD"`` works): ``hapt``,
     ``basicmotions``, ``synthetic``, ``uschad``, ``utdmhad``; ``kwargs`` go to the loader
     (``load_hapt``, ``load_basicmotions``, ``make_synthetic``, ``load_uschad(root=...)``,
-    ``load_utdmhad(root=...)``). A name ending in ``.npz`` or ``.json`` is read with
+    ``load_utdmhad(root=...)``); ``"NAME:PATH"`` passes PATH as the loader's first argument
+    (``"uschad:/data/USC-HAD"``, ``"hapt:/data/HAPT Data Set"``). A name ending in ``.npz`` or ``.json`` is read with
     ``MultimodalDataset.load`` (no kwargs).
 
     Raises:
@@ -45,8 +46,12 @@ def load_named(name: str, **kwargs: object) -> MultimodalDataset:
             raise ConfigError("load_named({!r}): a saved dataset takes no arguments, got {}".format(
                 name, sorted(kwargs)))
         return MultimodalDataset.load(os.path.expanduser(name))
-    key = name.lower().replace("-", "").replace("_", "")
+    prefix, sep, location = name.partition(":")
+    key = prefix.lower().replace("-", "").replace("_", "")
     loader = LOADERS.get(key)
+    if sep and loader is not None and key != "synthetic":
+        # "uschad:/data/USC-HAD" -> load_uschad("/data/USC-HAD"): the loader's first argument is its path
+        return loader(os.path.expanduser(location), **kwargs)
     if loader is None:
         raise DataError("unknown dataset {!r}; valid names: {}, or a path to a saved .npz/.json dataset"
                         .format(name, ", ".join(sorted(LOADERS))))

@@ -65,7 +65,7 @@ class ModalitySpec:
                 coords=int(d.get("coords", 0)),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError("{}: invalid modality spec {!r}: {}".format(where, d, e))
+            raise DataError("{}: invalid modality spec {!r}: {}".format(where, d, e)) from e
 
 
 @dataclass
@@ -227,7 +227,7 @@ class MultimodalDataset:
             with open(json_path) as f:
                 header = json.load(f)
         except (ValueError, UnicodeDecodeError) as e:
-            raise DataError("{}: not valid JSON: {}".format(json_path, e))
+            raise DataError("{}: not valid JSON: {}".format(json_path, e)) from e
         if not isinstance(header, dict) or header.get("format") != "cosmo-har/dataset":
             raise DataError("{}: not a cosmo-har dataset header (expected \"format\": \"cosmo-har/dataset\")"
                             .format(json_path))
@@ -235,12 +235,12 @@ class MultimodalDataset:
             specs = [ModalitySpec.from_json(s, json_path) for s in header["modalities"]]
             class_names = list(header["class_names"])
         except (KeyError, TypeError) as e:
-            raise DataError("{}: missing field {}".format(json_path, e))
+            raise DataError("{}: missing field {}".format(json_path, e)) from e
         try:
             with np.load(npz_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as e:
-            raise DataError("{}: corrupt or unreadable .npz: {}".format(npz_path, e))
+            raise DataError("{}: corrupt or unreadable .npz: {}".format(npz_path, e)) from e
         need = ["labels", "subjects"] + ["x{}".format(i) for i in range(len(specs))]
         missing = [k for k in need if k not in arrays]
         if missing:
@@ -251,7 +251,7 @@ class MultimodalDataset:
                        subjects=arrays["subjects"], class_names=class_names,
                        name=str(header.get("name", "")), meta=dict(header.get("meta", {})))
         except DataError as e:
-            raise DataError("{}: {}".format(npz_path, e))
+            raise DataError("{}: {}".format(npz_path, e)) from e
 
 
 def _strip_ext(p: str) -> str:

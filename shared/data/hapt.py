@@ -117,7 +117,7 @@ def _frame_columns(frame: Any, source: str) -> "OrderedDict[str, np.ndarray]":
     """Rebuild ``column name -> 1-D array`` from a pickled DataFrame's BlockManager state."""
     try:
         mgr = frame.state["_data"]
-        axes, block_values, block_items = mgr.state[0], mgr.state[1], mgr.state[2]
+        block_values, block_items = mgr.state[1], mgr.state[2]
         cols = OrderedDict()
         for values, items in zip(block_values, block_items):
             names = [str(n) for n in np.asarray(items.data).tolist()]
@@ -128,7 +128,7 @@ def _frame_columns(frame: Any, source: str) -> "OrderedDict[str, np.ndarray]":
                 cols[n] = row
         return cols
     except (AttributeError, KeyError, IndexError, TypeError) as e:
-        raise DataError("{}: unexpected DataFrame layout in pickle ({})".format(source, e))
+        raise DataError("{}: unexpected DataFrame layout in pickle ({})".format(source, e)) from e
 
 
 def find_package_file() -> str:
@@ -161,7 +161,7 @@ def read_hapt_pickle(path: Optional[str] = None) -> List[Recording]:
             obj = RestrictedUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError, zlib.error, ValueError, AttributeError,
             ImportError, IndexError, TypeError) as e:
-        raise DataError("{}: corrupt or disallowed pickle: {}".format(path, e))
+        raise DataError("{}: corrupt or disallowed pickle: {}".format(path, e)) from e
     if not isinstance(obj, dict):
         raise DataError("{}: expected a dict user -> list of DataFrames, got {}".format(path, type(obj).__name__))
     recs = []
@@ -205,7 +205,7 @@ def read_hapt_uci(root: str) -> List[Recording]:
     try:
         table = np.loadtxt(lab_path, dtype=np.int64, ndmin=2)
     except ValueError as e:
-        raise DataError("{}: expected rows of 5 integers (exp user activity start end): {}".format(lab_path, e))
+        raise DataError("{}: expected rows of 5 integers (exp user activity start end): {}".format(lab_path, e)) from e
     if table.shape[1] != 5:
         raise DataError("{}: expected 5 columns, got {}".format(lab_path, table.shape[1]))
     recs = []
@@ -219,7 +219,7 @@ def read_hapt_uci(root: str) -> List[Recording]:
         if acc.shape[0] != gyro.shape[0]:
             raise DataError("{}: acc has {} samples but gyro has {}".format(n, acc.shape[0], gyro.shape[0]))
         lab = np.full(acc.shape[0], -1, np.int64)
-        for e, u, a, s, t in table[(table[:, 0] == exp) & (table[:, 1] == user)]:
+        for _, _, a, s, t in table[(table[:, 0] == exp) & (table[:, 1] == user)]:
             lab[s - 1:t] = a
         cols = {"acc-x": acc[:, 0], "acc-y": acc[:, 1], "acc-z": acc[:, 2],
                 "gyro-x": gyro[:, 0], "gyro-y": gyro[:, 1], "gyro-z": gyro[:, 2]}
@@ -233,7 +233,7 @@ def _read_txt(path: str, cols: int) -> np.ndarray:
     try:
         a = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as e:
-        raise DataError("{}: expected {} numeric columns: {}".format(path, cols, e))
+        raise DataError("{}: expected {} numeric columns: {}".format(path, cols, e)) from e
     if a.shape[1] != cols:
         raise DataError("{}: expected {} columns, got {}".format(path, cols, a.shape[1]))
     return a

@@ -99,7 +99,7 @@ class Normalizer:
             return cls(mean=OrderedDict((m, np.asarray(v["mean"], np.float32)) for m, v in d.items()),
                        std=OrderedDict((m, np.asarray(v["std"], np.float32)) for m, v in d.items()))
         except (KeyError, TypeError) as e:
-            raise DataError("normalization statistics: missing or invalid field {}".format(e))
+            raise DataError("normalization statistics: missing or invalid field {}".format(e)) from e
 
 
 def sample_labels(labels: np.ndarray, num_classes: int, rate: Optional[float] = None,

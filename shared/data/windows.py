@@ -5,7 +5,7 @@ sampled at ``spec.rate_hz`` and, optionally, per-sample labels at the rate of th
 ``sliding_windows`` turns recordings into the windowed ``MultimodalDataset``.
 """
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from dataclasses import dataclass, replace

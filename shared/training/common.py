@@ -113,7 +113,7 @@ def config_from_dict(cls: Type[T], d: Optional[Dict[str, Any]], where: str = "co
                     raise TypeError("expected a list")
                 v = tuple(v)
         except TypeError as e:
-            raise ConfigError("{}: field {!r}: {}, got {!r}".format(where, k, e, v))
+            raise ConfigError("{}: field {!r}: {}, got {!r}".format(where, k, e, v)) from e
         out[k] = v
     cfg = cls(**out)
     check = getattr(cfg, "check", None)
@@ -132,7 +132,7 @@ def load_config(cls: Type[T], path: Optional[str] = None, overrides: Optional[Di
             try:
                 loaded = yaml.safe_load(f) or {}
             except yaml.YAMLError as e:
-                raise ConfigError("{}: invalid YAML: {}".format(path, e))
+                raise ConfigError("{}: invalid YAML: {}".format(path, e)) from e
         if not isinstance(loaded, dict):
             raise ConfigError("{}: expected a mapping of config keys".format(path))
         d.update(loaded)

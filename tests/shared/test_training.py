@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from shared.data import make_synthetic
+from shared.errors import ConfigError, DataError
+from shared.experiment import prepare
+from shared.training import (Stage1Config, Stage2Config, build_encoders, config_from_dict, finetune,
+                             load_encoder_bundle, phase_of, pretrain)
+from shared.training.common import accuracy_f1
+
+S1 = dict(epochs=3, batch_size=32, encoder_widths=(8, 8, 8), out_steps=4, proj_hidden=32, proj_dim=16,
+          num_views=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prep():
+    ds = make_synthetic(num_subjects=6, windows_per_subject=40, num_classes=3,
+                        modalities=(("a", 32, 3), ("b", 32, 2)), informativeness=(1.0, 0.6), seed=1)
+    return prepare(ds, labels_per_class=4, seed=0, val_fraction=0.2, test_fraction=0.2)
+
+
+def _encoders(ds):
+    return build_encoders(list(ds.specs.values()), [a.shape[1] for a in ds.x.values()], (8, 8, 8), 0.0, 4)
+
+
+def test_prepare_keeps_labeled_windows_out_of_pretraining(prep):
+    assert len(prep.labeled) == 12 and (prep.unlabeled.labels == -1).all()
+    labeled_rows = {a.tobytes() for a in prep.labeled.x["a"]}
+    assert not labeled_rows & {a.tobytes() for a in prep.unlabeled.x["a"]}
+    assert len(prep.labeled) + len(prep.unlabeled) == len(prep.split.train)
+    stats = prep.norm(prep.split.train).x["a"].reshape(-1, 3)
+    assert np.allclose(stats.mean(0), 0, atol=1e-4) and np.allclose(stats.std(0), 1, atol=1e-3)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_stage1_resume_continues_where_it_stopped(prep, tmp_path):
+    unl = prep.norm(prep.unlabeled)
+    cfg = Stage1Config(**S1)
+    full = pretrain(unl, cfg, str(tmp_path / "full"), progress=False)
+
+    def crash(row):
+        if row["epoch"] == 1:
+            raise _Stop()
+    with pytest.raises(_Stop):
+        pretrain(unl, cfg, str(tmp_path / "part"), progress=False, on_epoch=crash)
+    seen = []
+    resumed = pretrain(unl, cfg, str(tmp_path / "part"), progress=False, on_epoch=seen.append)
+    assert [r["epoch"] for r in seen] == [2]
+    assert resumed["epochs_run"] == 1
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
+    a = load_encoder_bundle(str(tmp_path / "full" / "encoders.pt"))
+    b = load_encoder_bundle(str(tmp_path / "part" / "encoders.pt"))
+    for ea, eb in zip(a, b):
+        for (k, va), vb in zip(ea.state_dict().items(), eb.state_dict().values()):
+            assert torch.allclose(va.float(), vb.float(), atol=1e-5), k
+
+
+def test_stage1_lowers_its_loss(prep, tmp_path):
+    res = pretrain(prep.norm(prep.unlabeled), Stage1Config(**dict(S1, epochs=6)), str(tmp_path), progress=False)
+    losses = [h["loss"] for h in res["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_stage1_config_errors_name_the_field(tmp_path, prep):
+    with pytest.raises(ConfigError, match="'fusion'"):
+        config_from_dict(Stage1Config, {"fusion": "uniform"})
+    with pytest.raises(ConfigError, match="epoch"):
+        config_from_dict(Stage1Config, {"epoch": 3})
+    with pytest.raises(ConfigError, match="'lr'"):
+        config_from_dict(Stage1Config, {"lr": "fast"})
+    with pytest.raises(DataError, match="modalities"):
+        pretrain(prep.norm(prep.unlabeled).select_modalities(["a"]), Stage1Config(**S1), str(tmp_path),
+                 progress=False)
+
+
+def test_phase_schedule_alternates():
+    cfg = Stage2Config(epochs=20, t_iter=3, start_with="encoders")
+    assert [phase_of(e, cfg) for e in range(8)] == ["encoders"] * 3 + ["classifier"] * 3 + ["encoders"] * 2
+    assert {phase_of(e, Stage2Config(schedule="joint")) for e in range(6)} == {"both"}
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_stage2_truly_alternates(prep):
+    lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
+    cfg = Stage2Config(epochs=4, t_iter=2, start_with="classifier", batch_size=4, device="cpu",
+                       encoder_lr=1e-2, classifier_lr=1e-2)
+    snaps = []
+
+    def record(row, model):
+        snaps.append((row["phase"], _snapshot(model.encoders), _snapshot(model.classifier)))
+    encs = _encoders(lab)
+    enc0 = [_snapshot(e) for e in encs]
+    finetune(encs, lab, val, cfg, progress=False, on_epoch=record)
+    assert [p for p, _, _ in snaps] == ["classifier", "classifier", "encoders", "encoders"]
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+    # classifier epochs: encoders (weights and BatchNorm statistics) untouched
+    start = {"{}.{}".format(i, k): v for i, sd in enumerate(enc0) for k, v in sd.items()}
+    assert same(start, snaps[0][1]) and same(snaps[0][1], snaps[1][1])
+    assert not same(snaps[0][2], snaps[1][2])
+    # encoder epochs: classifier untouched, encoders move
+    assert same(snaps[1][2], snaps[2][2]) and same(snaps[2][2], snaps[3][2])
+    assert not same(snaps[1][1], snaps[2][1])
+
+
+def test_stage2_learns_and_selects_on_validation(prep):
+    lab, val, test = prep.norm(prep.labeled), prep.norm(prep.split.val), prep.norm(prep.split.test)
+    cfg = Stage2Config(epochs=30, t_iter=5, batch_size=4, device="cpu", encoder_lr=1e-3, classifier_lr=3e-3,
+                       fusion="concat")
+    res = finetune(_encoders(lab), lab, val, cfg, quality=[0.7, 0.3], progress=False)
+    best = max(h["val_accuracy"] for h in res["history"])
+    assert res["val"]["accuracy"] == pytest.approx(best)
+    assert res["history"][res["best_epoch"]]["val_accuracy"] == pytest.approx(best)
+    from shared.training import evaluate
+    assert evaluate(res["model"], test)["accuracy"] > 0.6  # 3 classes: chance is 1/3
+
+
+def test_stage2_rejects_unlabeled_input(prep):
+    with pytest.raises(DataError, match="labeled"):
+        finetune(_encoders(prep.labeled), prep.norm(prep.unlabeled), prep.norm(prep.split.val),
+                 Stage2Config(epochs=1), progress=False)
+
+
+def test_accuracy_f1_matches_hand_computation():
+    m = accuracy_f1(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+    # per class F1: c0 p=1/2 r=1/2 -> .5; c1 p=2/3 r=1 -> .8; c2 p=0 r=0 -> 0
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
