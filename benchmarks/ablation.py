@@ -175,7 +175,8 @@ def _stage2(encs: List[torch.nn.Module], lab: Any, val: Any, test: Any, cfg: Sta
     t = evaluate(res["model"], test)
     return {"val": {k: res["val"][k] for k in ("accuracy", "macro_f1")},
             "test": {k: t[k] for k in ("accuracy", "macro_f1")}, "best_epoch": res["best_epoch"],
-            "seconds": res["seconds"], "labeled": len(lab)}
+            "seconds": res["seconds"], "labeled": len(lab),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"}
 
 
 def _ms(v: List[float]) -> str:
@@ -195,9 +196,9 @@ def _report(runs: Dict[str, Any], settings: Any, a: Any, seconds: float) -> Dict
         table.append(row)
     lines = ["# Ablation on UCI HAPT (acc + gyro, 6 activities, subject-wise split)", "",
              "Test accuracy / macro-F1 in %, mean ± std over seeds {}; stage 1: {} epochs, stage 2: {} epochs; "
-             "encoder learning rate per arm, setting and seed chosen on validation from {}; device {}.".format(
-                 a.seeds, a.s1_epochs, a.s2_epochs, a.encoder_lrs,
-                 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"), "",
+             "encoder learning rate per arm, setting and seed chosen on validation from {}; stage 2 ran on {}.".format(
+                 a.seeds, a.s1_epochs, a.s2_epochs, a.encoder_lrs, ", ".join(sorted(
+                     {r.get("device", "?") for k, r in runs.items() if k.count("|") == 2 and "device" in r}))), "",
              "| labels | windows | Cosmo acc | Cosmo F1 | random-init acc | random-init F1 | gain (acc) | "
              "encoder lr per seed, Cosmo / random |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
@@ -228,7 +229,8 @@ def _plot(table: List[Dict[str, Any]], path: str) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(50, 100)
+    low = min(100 * min(np.mean(r[arm]["accuracy"]) for arm in ("pretrained", "random")) for r in table)
+    ax.set_ylim(max(0, 10 * np.floor(low / 10) - 10), 100)
     ax.set_title("UCI HAPT: accuracy vs labels")
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)

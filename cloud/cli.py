@@ -14,19 +14,15 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import torch
-import yaml
 
-from shared.data import load_named
 from shared.errors import CosmoError
-from shared.experiment import Prepared, prepare
-from shared.manifest import MANIFEST, file_entry, input_schema, new_manifest, read_manifest
-from shared.training.common import config_dict, dataset_hash, load_config, stable_hash, write_json
-from shared.training.stage1 import CHECKPOINT, ENCODERS, Stage1Config, load_encoder_bundle, pretrain
+from shared.manifest import MANIFEST
+from shared.training.common import load_config
+from shared.training.stage1 import CHECKPOINT, Stage1Config
 
-from .quality import QualityReport, encoder_features, raw_features, score_quality
+from .pipeline import PREPARED, prepare_from, run_pretrain, run_quality
 
 log = logging.getLogger("cloud")
-PREPARED = "prepared.json"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -34,70 +30,33 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _prepare_from(args: Dict[str, Any]) -> Prepared:
-    ds = load_named(args["dataset"])
-    return prepare(ds, label_rate=args.get("label_rate"), labels_per_class=args.get("labels_per_class"),
-                   seed=args["seed"], split_seed=args["split_seed"])
-
-
-def _quality(out: str, prep: Prepared, features: str, seed: int) -> QualityReport:
-    unl = prep.norm(prep.unlabeled)
-    if features == "encoder":
-        feats = encoder_features(load_encoder_bundle(os.path.join(out, ENCODERS)), unl)
-    else:
-        feats = raw_features(unl)
-    report = score_quality(feats, unl.num_classes, seed=seed, source=features)
-    write_json(os.path.join(out, "quality.json"), report.to_json())
-    path = os.path.join(out, MANIFEST)
-    if os.path.isfile(path):
-        man = read_manifest(path)
-        man["quality"] = {"modalities": [m.modality for m in report.modalities], "q": report.q,
-                          "beta_qom": report.beta_qom, "features": features}
-        write_json(path, man)
-    return report
-
-
 def cmd_pretrain(a: argparse.Namespace) -> int:
     overrides = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "fusion": a.fusion,
                  "num_views": a.num_views, "temperature": a.temperature, "device": a.device}
     cfg = load_config(Stage1Config, a.config, overrides)
-    if a.label_rate is None and a.labels_per_class is None:
-        a.label_rate = 0.01
-    prep_args = {"dataset": a.dataset, "label_rate": a.label_rate, "labels_per_class": a.labels_per_class,
-                 "seed": cfg.seed, "split_seed": a.split_seed}
-    prep = _prepare_from(prep_args)
-    os.makedirs(a.out, exist_ok=True)
-    unl = prep.norm(prep.unlabeled)
-    print(unl.summary())
-    print("split: train subjects {}, val {}, test {}; {} labeled windows held out of pretraining".format(
-        prep.split.train_subjects, prep.split.val_subjects, prep.split.test_subjects, len(prep.labeled)))
-    with open(os.path.join(a.out, "stage1_config.yaml"), "w") as f:
-        yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
-    write_json(os.path.join(a.out, PREPARED), prep_args)
     if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):
         os.remove(os.path.join(a.out, CHECKPOINT))
-    res = pretrain(unl, cfg, a.out, resume=a.resume, progress=not a.no_progress)
-    print("stage 1: {} epochs in {:.1f} s, final loss {:.4f}".format(
-        cfg.epochs, res["seconds"], res["history"][-1]["loss"]))
-    edge_dir = a.edge_data or os.path.join(a.out, "edge_data")
-    os.makedirs(edge_dir, exist_ok=True)
-    prep.labeled.save(os.path.join(edge_dir, "labeled"))
-    prep.split.val.save(os.path.join(edge_dir, "val"))
-    prep.split.test.save(os.path.join(edge_dir, "test"))
-    model = res["model"]
-    man = new_manifest(
-        name=a.name, schema=input_schema(unl, prep.normalizer), classes=unl.class_names,
-        feature_dim=int(model.heads[0].net[-1].out_features),
-        lineage={"dataset": a.dataset, "dataset_sha256": dataset_hash(unl), "config_sha256": stable_hash(config_dict(cfg)),
-                 "prepare": prep_args, "parent_version": None},
-        metrics={"stage1_loss": res["history"][-1]["loss"], "stage1_seconds": res["seconds"],
-                 "unlabeled_windows": len(unl)})
-    man["files"] = [file_entry(a.out, ENCODERS, "encoders_state_dict"), file_entry(a.out, "stage1_config.yaml", "config")]
-    write_json(os.path.join(a.out, MANIFEST), man)
-    if not a.no_quality:
-        report = _quality(a.out, prep, a.features, cfg.seed)
-        print("quality ({} features, {} points):\n{}".format(report.features, report.points, report.table()))
-    print("wrote {} ({}, {}) and edge data in {}".format(a.out, ENCODERS, MANIFEST, edge_dir))
+
+    def show(p: Dict[str, Any]) -> None:
+        if p["stage"] == "prepare":
+            return
+        if p["stage"] != "pretrain":
+            print(p.get("message", p["stage"]))
+    res = run_pretrain(a.out, a.dataset, cfg, label_rate=a.label_rate, labels_per_class=a.labels_per_class,
+                       split_seed=a.split_seed, name=a.name, features=a.features, quality=not a.no_quality,
+                       onnx=not a.no_onnx, resume=a.resume, progress=not a.no_progress, edge_data=a.edge_data,
+                       on_progress=show)
+    prep, s1 = res["prepared"], res["stage1"]
+    print(prep.norm(prep.unlabeled).summary())
+    print("split: train subjects {}, val {}, test {}; {} labeled windows held out of pretraining".format(
+        prep.split.train_subjects, prep.split.val_subjects, prep.split.test_subjects, len(prep.labeled)))
+    print("stage 1: {} epochs ({} run now) in {:.1f} s, final loss {:.4f}".format(
+        cfg.epochs, s1["epochs_run"], s1["seconds"], s1["history"][-1]["loss"]))
+    if res["quality"] is not None:
+        r = res["quality"]
+        print("quality ({} features, {} points):\n{}".format(r.features, r.points, r.table()))
+    print("wrote {}: {}; edge data in {}".format(
+        a.out, ", ".join(f["path"] for f in res["manifest"]["files"]) + ", " + MANIFEST, res["edge_data"]))
     return 0
 
 
@@ -107,7 +66,8 @@ def cmd_quality(a: argparse.Namespace) -> int:
         raise CosmoError("{}: not found; run `cloud-server pretrain` into {} first".format(path, a.model))
     with open(path) as f:
         prep_args = json.load(f)
-    report = _quality(a.model, _prepare_from(prep_args), a.features, a.seed)
+    prep = prepare_from(prep_args)
+    report = run_quality(a.model, prep.norm(prep.unlabeled), a.features, a.seed)
     print("quality ({} features, {} points):\n{}".format(report.features, report.points, report.table()))
     return 0
 
@@ -138,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--edge-data", help="where to write the edge's labeled/val/test windows (default OUT/edge_data)")
     pt.add_argument("--features", choices=["encoder", "raw"], default="encoder", help="features scored for quality")
     pt.add_argument("--no-quality", action="store_true")
+    pt.add_argument("--no-onnx", action="store_true", help="skip the ONNX export of the encoders")
     pt.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
