@@ -1,18 +1,23 @@
 """``cloud-server``: the cloud side's command line.
 
 Subcommands:
-  pretrain  Cosmo stage 1 on the unlabeled windows of a dataset, then quality scoring; writes the
-            encoder bundle, a manifest draft and (for the demo/benchmarks) the edge's labeled,
-            validation and test windows.
+  serve     the gRPC daemon: model registry (SQLite + blobs under --data-dir) and training jobs.
+  pretrain  Cosmo stage 1 on the unlabeled windows of a dataset, quality scoring and ONNX export,
+            locally (no daemon); also writes the edge's labeled, validation and test windows.
   quality   (Re)score modality quality for a finished pretrain output.
+  submit    submit a job to a running daemon (--wait follows its progress).
+  job       show a job; cancel: cancel it.
+  models    list published versions; download: fetch one (resumable, sha256-verified, atomic).
 """
 import argparse
 import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
+import grpc
 import torch
 
 from shared.errors import CosmoError
@@ -72,6 +77,83 @@ def cmd_quality(a: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(a: argparse.Namespace) -> Any:
+    from shared.client import connect
+    return connect(a.server, token=_read_token(a.token_file), ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key)
+
+
+def _read_token(path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    with open(path) as f:
+        token = f.read().strip()
+    if not token:
+        raise CosmoError("{}: token file is empty".format(path))
+    return token
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .server import credentials, serve
+    return serve(a.data_dir, a.listen, token=_read_token(a.token_file),
+                 tls=credentials(a.tls_cert, a.tls_key, a.tls_ca), max_jobs=a.max_jobs, grace=a.grace,
+                 ready_file=a.ready_file)
+
+
+def _print_job(j: Any) -> None:
+    from shared.rpc import pb
+    p = j.progress
+    state = pb.Job.State.Name(j.state)
+    line = "job {} {} [{}]".format(j.id[:8], state, p.stage)
+    if p.epochs:
+        line += " epoch {}/{} loss {:.4f} eta {:.0f} s".format(p.epoch, p.epochs, p.loss, p.eta_seconds)
+    if p.message:
+        line += " " + p.message
+    if j.error:
+        line += " error: " + j.error
+    if j.model_version:
+        line += " -> {} v{}".format(j.model_name, j.model_version)
+    print(line, flush=True)
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from shared.client import submit_job, wait_job
+    from shared.rpc import pb
+    config = json.loads(a.config_json) if a.config_json else {}
+    ch = _channel(a)
+    j = submit_job(ch, a.kind, a.dataset, config)
+    _print_job(j)
+    if a.wait:
+        j = wait_job(ch, j.id, on_update=_print_job)
+        return 0 if j.state == pb.Job.SUCCEEDED else 1
+    return 0
+
+
+def cmd_job(a: argparse.Namespace) -> int:
+    from shared.rpc import TrainingStub, pb
+    stub = TrainingStub(_channel(a))
+    _print_job((stub.CancelJob if a.command == "cancel" else stub.GetJob)(pb.JobRef(id=a.id)))
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from shared.rpc import ModelRegistryStub, pb
+    resp = ModelRegistryStub(_channel(a)).ListModels(pb.ListModelsRequest(name=a.name or ""))
+    for v in resp.versions:
+        print("{} v{} [{}] {} files, created {}".format(v.name, v.version, ",".join(v.aliases), len(v.files),
+                                                      v.created_at))
+    return 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from shared.client import pull
+    t0 = time.time()
+    folder, man = pull(_channel(a), a.name, a.out, version=a.version, alias=None if a.version else a.alias)
+    size = sum(f["size"] for f in man["files"])
+    print("installed {} v{} into {} ({} files, {:.1f} MB, verified sha256) in {:.1f} s".format(
+        man["name"], man["version"], folder, len(man["files"]), size / 1e6, time.time() - t0))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +189,45 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--features", choices=["encoder", "raw"], default="encoder")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_quality)
+
+    sv = sub.add_parser("serve", help="run the gRPC daemon")
+    sv.add_argument("--data-dir", required=True, help="registry database, blobs and job folders")
+    sv.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0: any free port)")
+    sv.add_argument("--tls-cert")
+    sv.add_argument("--tls-key")
+    sv.add_argument("--tls-ca", help="with cert + key: require client certificates signed by this CA (mTLS)")
+    sv.add_argument("--token-file", help="require this bearer token on every cosmo RPC")
+    sv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
+    sv.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
+    sv.add_argument("--ready-file", help="write the bound port here once serving")
+    sv.set_defaults(func=cmd_serve)
+
+    def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--server", default="127.0.0.1:50051", help="host:port of cloud-server serve")
+        sp.add_argument("--token-file")
+        sp.add_argument("--tls-ca")
+        sp.add_argument("--tls-cert")
+        sp.add_argument("--tls-key")
+        return sp
+    sb = client(sub.add_parser("submit", help="submit a training job to the daemon"))
+    sb.add_argument("kind", choices=["pretrain", "quality"])
+    sb.add_argument("--dataset", default="hapt")
+    sb.add_argument("--config-json", default="{}", help='e.g. \'{"epochs": 20, "label_rate": 0.01}\'')
+    sb.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    sb.set_defaults(func=cmd_submit)
+    for verb in ("job", "cancel"):
+        jb = client(sub.add_parser(verb, help="show a job" if verb == "job" else "cancel a job"))
+        jb.add_argument("id")
+        jb.set_defaults(func=cmd_job)
+    ls = client(sub.add_parser("models", help="list published model versions"))
+    ls.add_argument("--name")
+    ls.set_defaults(func=cmd_models)
+    dl = client(sub.add_parser("download", help="download a model version (resumable, verified, atomic)"))
+    dl.add_argument("--name", default="cosmo-encoders")
+    dl.add_argument("--version", type=int)
+    dl.add_argument("--alias", default="latest")
+    dl.add_argument("--out", required=True, help="installs into OUT/<name>/v<version>")
+    dl.set_defaults(func=cmd_download)
     return p
 
 
@@ -123,6 +244,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CosmoError as e:
         print("cloud-server: error: {}".format(e), file=sys.stderr)
         return 2
+    except grpc.RpcError as e:
+        print("cloud-server: {}: {}".format(e.code().name, e.details()), file=sys.stderr)  # type: ignore[attr-defined]
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """``edge-agent``: the device side's command line.
 
 Subcommands:
+  labels    write a device's labeled / validation / test windows from a dataset (the demo's stand-in
+            for labels collected on the device; same split and sampling as the cloud's hold-out).
   finetune  Cosmo stage 2 on the device's labeled windows, starting from shipped stage-1 encoders.
 """
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -23,6 +26,20 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     m = run_finetune(a.model, a.labels, a.out, cfg, pretrained=a.pretrained, use_quality=not a.no_quality,
                      progress=not a.no_progress)
     print(summarize(m))
+    return 0
+
+
+def cmd_labels(a: argparse.Namespace) -> int:
+    from shared.data import load_named
+    from shared.experiment import prepare
+    if a.label_rate is None and a.labels_per_class is None:
+        a.label_rate = 0.01
+    prep = prepare(load_named(a.dataset), label_rate=a.label_rate, labels_per_class=a.labels_per_class,
+                   seed=a.seed, split_seed=a.split_seed)
+    os.makedirs(a.out, exist_ok=True)
+    for name, ds in (("labeled", prep.labeled), ("val", prep.split.val), ("test", prep.split.test)):
+        ds.save(os.path.join(a.out, name))
+        print("{}: {} windows, subjects {}".format(name, len(ds), sorted(set(ds.subjects.tolist()))))
     return 0
 
 
@@ -50,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-quality", action="store_true", help="ignore the manifest's quality scores")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=cmd_finetune)
+    lb = sub.add_parser("labels", help="write labeled/val/test windows for finetune from a dataset")
+    lb.add_argument("--dataset", default="hapt")
+    lb.add_argument("--out", required=True)
+    g = lb.add_mutually_exclusive_group()
+    g.add_argument("--label-rate", type=float)
+    g.add_argument("--labels-per-class", type=int)
+    lb.add_argument("--seed", type=int, default=0, help="label sampling seed (use the cloud job's seed)")
+    lb.add_argument("--split-seed", type=int, default=0)
+    lb.set_defaults(func=cmd_labels)
     return p
 
 

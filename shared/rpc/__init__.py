@@ -1,0 +1,65 @@
+"""gRPC for the cosmo wire contract (``protos/cosmo/v1``), loadable from protobuf 3.19 + grpcio 1.48 on
+Python 3.6 (Jetson TX2) to protobuf 7 + the newest grpcio.
+
+No generated ``*_pb2.py``: ``_descriptors.py`` holds the compiled FileDescriptorSet
+(``python scripts/gen_protos.py`` rewrites it; ``--check`` fails on drift) and ``runtime`` builds the
+message classes, stubs and handlers from it on first use. Names mirror grpc's gencode::
+
+    from shared.rpc import pb, ModelRegistryStub, add_ModelRegistryServicer_to_server
+
+    stub = ModelRegistryStub(channel)
+    reply = stub.ListModels(pb.ListModelsRequest(name="cosmo"), timeout=5)
+    for chunk in stub.Download(pb.DownloadRequest(name="cosmo", version=3, file="encoders.onnx")):
+        ...
+    add_ModelRegistryServicer_to_server(MyRegistry(), server)  # methods ListModels(request, context), ...
+
+Any service in the set works through the generic helpers, whatever its streaming kinds:
+``Stub(channel, "cosmo.v1.Inference")``, ``add_servicer_to_server("Inference", servicer, server)``.
+"""
+from typing import Any
+
+import grpc
+
+from shared.rpc._descriptors import SERVICE_NAMES
+from shared.rpc.runtime import (
+    Contract,
+    Method,
+    Stub,
+    add_health,
+    add_servicer_to_server,
+    contract,
+    descriptor_pool,
+    enable_reflection,
+    message_class,
+    method_handlers,
+    methods,
+    pb,
+    stub_factory,
+)
+
+__all__ = [
+    "SERVICE_NAMES", "Contract", "Method", "contract", "Stub", "add_health", "add_servicer_to_server", "descriptor_pool",
+    "enable_reflection", "message_class", "method_handlers", "methods", "pb", "stub_factory",
+    "ModelRegistryStub", "TrainingStub", "add_ModelRegistryServicer_to_server", "add_TrainingServicer_to_server",
+]
+
+
+def ModelRegistryStub(channel: grpc.Channel) -> Stub:
+    """Client of ``cosmo.v1.ModelRegistry``: ListModels, GetManifest, Download (stream), WatchModels
+    (stream), ReportMetrics."""
+    return Stub(channel, "cosmo.v1.ModelRegistry")
+
+
+def TrainingStub(channel: grpc.Channel) -> Stub:
+    """Client of ``cosmo.v1.Training``: SubmitJob, GetJob, WatchJob (stream), CancelJob."""
+    return Stub(channel, "cosmo.v1.Training")
+
+
+def add_ModelRegistryServicer_to_server(servicer: Any, server: Any) -> None:
+    """Serve ``cosmo.v1.ModelRegistry`` with ``servicer`` (methods named like the RPCs)."""
+    add_servicer_to_server("cosmo.v1.ModelRegistry", servicer, server)
+
+
+def add_TrainingServicer_to_server(servicer: Any, server: Any) -> None:
+    """Serve ``cosmo.v1.Training`` with ``servicer`` (methods named like the RPCs)."""
+    add_servicer_to_server("cosmo.v1.Training", servicer, server)
