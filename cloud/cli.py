@@ -104,14 +104,12 @@ def _print_job(j: Any) -> None:
     p = j.progress
     state = pb.Job.State.Name(j.state)
     line = "job {} {} [{}]".format(j.id[:8], state, p.stage)
-    if p.epochs:
+    if p.stage == "pretrain" and p.epochs:
         line += " epoch {}/{} loss {:.4f} eta {:.0f} s".format(p.epoch, p.epochs, p.loss, p.eta_seconds)
     if p.message:
         line += " " + p.message
     if j.error:
         line += " error: " + j.error
-    if j.model_version:
-        line += " -> {} v{}".format(j.model_name, j.model_version)
     print(line, flush=True)
 
 
@@ -151,6 +149,30 @@ def cmd_download(a: argparse.Namespace) -> int:
     size = sum(f["size"] for f in man["files"])
     print("installed {} v{} into {} ({} files, {:.1f} MB, verified sha256) in {:.1f} s".format(
         man["name"], man["version"], folder, len(man["files"]), size / 1e6, time.time() - t0))
+    return 0
+
+
+def cmd_registry(a: argparse.Namespace) -> int:
+    """Local administration of a registry data dir (the daemon may be running: SQLite WAL, atomic ops)."""
+    from .registry import Registry, RegistryError
+    reg = Registry(a.data_dir)
+    try:
+        if a.action == "list":
+            for m in reg.list_versions(a.name):
+                print("{} v{} [{}] {}{}".format(m["name"], m["version"], ",".join(m.get("aliases", [])),
+                                                m.get("created_at", ""), " pinned" if reg.is_pinned(m["name"], m["version"])
+                                                else ""))
+        elif a.action == "alias":
+            reg.set_alias(a.name, a.alias, a.version)
+        elif a.action in ("pin", "unpin", "delete"):
+            getattr(reg, a.action)(a.name, a.version)
+        elif a.action == "gc":
+            print(reg.gc())
+    except RegistryError as e:
+        print("cloud-server: error: {}".format(e), file=sys.stderr)
+        return 2
+    finally:
+        reg.close()
     return 0
 
 
@@ -228,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--alias", default="latest")
     dl.add_argument("--out", required=True, help="installs into OUT/<name>/v<version>")
     dl.set_defaults(func=cmd_download)
+    rg = sub.add_parser("registry", help="administer a registry data dir: list, alias, pin, unpin, delete, gc")
+    rg.add_argument("--data-dir", required=True)
+    rsub = rg.add_subparsers(dest="action", required=True)
+    rl = rsub.add_parser("list")
+    rl.add_argument("--name")
+    ra = rsub.add_parser("alias", help="point ALIAS at VERSION (atomic)")
+    ra.add_argument("name")
+    ra.add_argument("alias")
+    ra.add_argument("version", type=int)
+    for verb in ("pin", "unpin", "delete"):
+        rp = rsub.add_parser(verb, help="delete is refused while an alias points at the version or it is pinned"
+                             if verb == "delete" else None)
+        rp.add_argument("name")
+        rp.add_argument("version", type=int)
+    rsub.add_parser("gc", help="remove blobs no version references")
+    rg.set_defaults(func=cmd_registry)
     return p
 
 

@@ -63,6 +63,7 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
                        "pretrained": pretrained}, os.path.join(out_dir, FINETUNED))
     write_json(os.path.join(out_dir, "metrics.json"), dict(metrics, history=res["history"]))
     metrics["model"] = res["model"]
+    metrics["quality"] = quality
     metrics["classes"] = manifest["classes"]
     metrics["modalities"] = list(manifest["input_schema"])
     return metrics
@@ -72,6 +73,11 @@ def summarize(m: Dict[str, Any]) -> str:
     lines = ["stage 2: {} labeled windows, best val epoch {}, {:.1f} s".format(
         m["labeled_windows"], m["best_epoch"], m["seconds"]),
         "validation: accuracy {:.4f}  macro-F1 {:.4f}".format(m["val"]["accuracy"], m["val"]["macro_f1"])]
+    qual = m.get("quality") or {}
+    if qual.get("q"):
+        lines.append("quality scores from the cloud ({} features): ".format(qual.get("features", "?")) + ", ".join(
+            "{} q={:.3f} beta_QoM={:.3f}".format(mod, q, b)
+            for mod, q, b in zip(qual.get("modalities", m["modalities"]), qual["q"], qual["beta_qom"])))
     if "test" in m:
         t = m["test"]
         lines.append("test:       accuracy {:.4f}  macro-F1 {:.4f}".format(t["accuracy"], t["macro_f1"]))

@@ -126,6 +126,15 @@ def _assert_grads_close(got, want) -> None:
         assert err <= 1e-5 * scale + 1e-6, "{}: max error {:.3g} for gradients of size {:.3g}".format(k, err, scale)
 
 
+def _assert_state_close(got, want, rel: float = 5e-4) -> None:
+    """Weights and BN statistics after a few steps: rounding differences (reduction order, thread
+    count) grow over the steps to ~3e-5 here; a wrong gradient scale or unsynchronized BN gives > 1e-2."""
+    assert set(got) == set(want)
+    for k, v in want.items():
+        err = float((got[k].double() - v.double()).abs().max())
+        assert err <= rel * max(1.0, float(v.abs().max())), "{}: max error {:.3g}".format(k, err)
+
+
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("ddp"))
@@ -193,8 +202,7 @@ def test_two_ranks_pretrain_resumes_and_equals_single_process(ddp_results, tmp_p
     for out in ranks:
         assert out["epochs_run"] == 2
         assert out["history"] == pytest.approx(want, rel=1e-5)
-        for k, v in single["model"].state_dict().items():
-            assert torch.allclose(out["state"][k].double(), v.double(), rtol=1e-4, atol=1e-5), k
+        _assert_state_close(out["state"], single["model"].state_dict())
     assert ranks[0]["history"] == ranks[1]["history"]
 
 
@@ -223,8 +231,7 @@ def test_torchrun_entry_point_writes_encoders_like_one_process(tmp_path):
     one = load_encoder_bundle(str(tmp_path / "one" / "encoders.pt"))
     two = load_encoder_bundle(str(tmp_path / "two" / "encoders.pt"))
     for ea, eb in zip(one, two):
-        for (k, va), vb in zip(ea.state_dict().items(), eb.state_dict().values()):
-            assert torch.allclose(va.double(), vb.double(), rtol=1e-4, atol=1e-5), k
+        _assert_state_close(eb.state_dict(), ea.state_dict())
     h1 = torch.load(str(tmp_path / "one" / "stage1_last.pt"))["history"]
     h2 = torch.load(str(tmp_path / "two" / "stage1_last.pt"))["history"]
     assert [h["loss"] for h in h2] == pytest.approx([h["loss"] for h in h1], rel=1e-5)
