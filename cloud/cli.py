@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
     sub = p.add_subparsers(dest="command")
-    pt = sub.add_parser("pretrain", help="Cosmo stage 1 + quality scoring")
+    pt = sub.add_parser("pretrain", help="Cosmo stage 1 + quality scoring + ONNX export, locally",
+                        description="Data-parallel stage 1 on several processes or GPUs: "
+                        "torchrun --standalone --nproc_per_node N -m cloud.ddp_pretrain --dataset hapt --out DIR "
+                        "(--batch-size is the global batch; negatives are gathered across ranks).")
     pt.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
                     "or a path to a .npz dataset")
     pt.add_argument("--out", required=True, help="output folder")
