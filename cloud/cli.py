@@ -22,10 +22,9 @@ import torch
 
 from shared.errors import CosmoError
 from shared.manifest import MANIFEST
-from shared.training.common import load_config
-from shared.training.stage1 import CHECKPOINT, Stage1Config
+from shared.training.stage1 import CHECKPOINT
 
-from .pipeline import PREPARED, prepare_from, run_pretrain, run_quality
+from .pipeline import PREPARED, add_stage1_args, prepare_from, run_pretrain, run_quality, stage1_config
 
 log = logging.getLogger("cloud")
 
@@ -36,9 +35,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    overrides = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "fusion": a.fusion,
-                 "num_views": a.num_views, "temperature": a.temperature, "device": a.device}
-    cfg = load_config(Stage1Config, a.config, overrides)
+    cfg = stage1_config(a)
     if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):
         os.remove(os.path.join(a.out, CHECKPOINT))
 
@@ -185,29 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Data-parallel stage 1 on several processes or GPUs: "
                         "torchrun --standalone --nproc_per_node N -m cloud.ddp_pretrain --dataset hapt --out DIR "
                         "(--batch-size is the global batch; negatives are gathered across ranks).")
-    pt.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
-                    "or a path to a .npz dataset")
+    add_stage1_args(pt)
     pt.add_argument("--out", required=True, help="output folder")
     pt.add_argument("--name", default="cosmo-encoders", help="model name in the manifest")
-    pt.add_argument("--config", help="YAML file of Stage1Config keys")
-    pt.add_argument("--epochs", type=int)
-    pt.add_argument("--batch-size", type=int)
-    pt.add_argument("--lr", type=float)
-    pt.add_argument("--fusion", choices=["dirichlet", "grid"])
-    pt.add_argument("--num-views", type=int)
-    pt.add_argument("--temperature", type=float)
-    pt.add_argument("--seed", type=int)
-    pt.add_argument("--device", help="auto (default), cpu or cuda")
-    g = pt.add_mutually_exclusive_group()
-    g.add_argument("--label-rate", type=float, help="fraction of training windows labeled (default 0.01)")
-    g.add_argument("--labels-per-class", type=int, help="labeled windows per class")
-    pt.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
     pt.add_argument("--edge-data", help="where to write the edge's labeled/val/test windows (default OUT/edge_data)")
     pt.add_argument("--features", choices=["encoder", "raw"], default="encoder", help="features scored for quality")
     pt.add_argument("--no-quality", action="store_true")
     pt.add_argument("--no-onnx", action="store_true", help="skip the ONNX export of the encoders")
-    pt.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
-    pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
     q = sub.add_parser("quality", help="score modality quality of a pretrain output")
     q.add_argument("--model", required=True, help="a pretrain output folder")

@@ -29,8 +29,10 @@ from shared.data import load_named
 from shared.errors import CosmoError
 from shared.experiment import prepare
 from shared.training import distributed
-from shared.training.common import config_dict, load_config, write_json
-from shared.training.stage1 import CHECKPOINT, Stage1Config, pretrain
+from shared.training.common import config_dict, write_json
+from shared.training.stage1 import CHECKPOINT, pretrain
+
+from .pipeline import add_stage1_args, stage1_config
 
 log = logging.getLogger("cloud.ddp")
 
@@ -39,33 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchrun ... -m cloud.ddp_pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
-    p.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
-                   "or a path to a .npz dataset")
+    add_stage1_args(p)
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
-    p.add_argument("--config", help="YAML file of Stage1Config keys")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch, divisible by the number of processes")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--fusion", choices=["dirichlet", "grid"])
-    p.add_argument("--num-views", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when CUDA is present), cpu or cuda")
     p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
                    help="process-group backend (auto: nccl on CUDA, gloo on CPU)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--label-rate", type=float, help="fraction of training windows held out as labeled (default 0.01)")
-    g.add_argument("--labels-per-class", type=int, help="labeled windows per class held out")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def run(a: argparse.Namespace) -> int:
-    overrides = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "fusion": a.fusion,
-                 "num_views": a.num_views, "temperature": a.temperature, "device": a.device}
-    cfg = load_config(Stage1Config, a.config, overrides)
+    cfg = stage1_config(a)
     info = distributed.init_from_env(backend=a.backend, device=cfg.device)
     try:
         if a.label_rate is None and a.labels_per_class is None:

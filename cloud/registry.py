@@ -83,6 +83,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from shared.manifest import sha256_file
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -220,17 +222,8 @@ def _dumps(value: Any) -> str:
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size in bytes) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(HASH_BLOCK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
+    """(sha256 hex, size in bytes) of a file."""
+    return sha256_file(str(path)), path.stat().st_size
 
 
 def _fsync_dir(path: Path) -> None:
