@@ -1,6 +1,13 @@
 """``edge-agent``: the device side's command line.
 
 Subcommands:
+  run       the daemon: follow the cloud registry (WatchModels), pull each new version, fine-tune it on
+            the local labels, export and verify ONNX, hot-swap it into the Inference service, report
+            timings and accuracy to the cloud.
+  pull      download a version into the state folder (resumable, sha256-verified, atomic).
+  serve     serve the installed model (Inference gRPC service) without following the cloud.
+  info      installed versions, the serving one, the execution provider in use.
+  rollback  serve the previous version again.
   labels    write a device's labeled / validation / test windows from a dataset (the demo's stand-in
             for labels collected on the device; same split and sampling as the cloud's hold-out).
   finetune  Cosmo stage 2 on the device's labeled windows, starting from shipped stage-1 encoders.
@@ -8,8 +15,9 @@ Subcommands:
 import argparse
 import logging
 import os
+import time
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from shared.errors import CosmoError
 from shared.training.common import load_config
@@ -43,6 +51,134 @@ def cmd_labels(a: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
+    from shared.client import connect
+
+    from .agent import Agent
+    cfg = load_config(Stage2Config, getattr(a, "config", None), {"seed": getattr(a, "seed", None),
+                                                                 "epochs": getattr(a, "epochs", None)})
+    ch = connect(a.cloud, token=_token(a.token_file)) if channel and getattr(a, "cloud", None) else None
+    return Agent(a.state_dir, getattr(a, "labels", None) or "", channel=ch, model_name=a.name, config=cfg,
+                 edge_id=getattr(a, "edge_id", "") or "", require_gpu=getattr(a, "require_gpu", False))
+
+
+def _token(path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def _serve_until_signal(agent: Any, listen: str, max_batch: int, loop: Optional[Any] = None,
+                        ready_file: Optional[str] = None) -> int:
+    import signal
+    import threading
+
+    from .service import serve_inference
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server, port = serve_inference(agent.holder, listen, max_batch=max_batch)
+    print("Inference service on {} (port {})".format(listen, port), flush=True)
+    if ready_file:
+        with open(ready_file + ".tmp", "w") as f:
+            f.write(str(port))
+        os.replace(ready_file + ".tmp", ready_file)
+    try:
+        if loop is not None:
+            loop(stop)
+        else:
+            agent._watch_state(stop, 1.0)
+    finally:
+        server.stop(5).wait(6)
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    agent = _agent(a)
+    return _serve_until_signal(agent, a.listen, a.max_batch, loop=agent.run, ready_file=a.ready_file)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    agent = _agent(a, channel=False)
+    if agent.load_serving() is None:
+        print("edge-agent: no model installed yet in {}; serving FAILED_PRECONDITION until one is".format(
+            a.state_dir), file=sys.stderr)
+    return _serve_until_signal(agent, a.listen, a.max_batch, ready_file=a.ready_file)
+
+
+def cmd_pull(a: argparse.Namespace) -> int:
+    res = _agent(a).pull(version=a.version)
+    print("installed {} v{} into {}".format(res["manifest"]["name"], res["manifest"]["version"], res["folder"]))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    agent = _agent(a, channel=False)
+    st = agent.state()
+    for e in agent.installed():
+        mark = "*" if st.get("serving") and st["serving"]["path"] == e["path"] else " "
+        print("{} {} v{}  val accuracy {}  {}".format(mark, e["name"], e["version"], e["val_accuracy"], e["path"]))
+    rt = agent.load_serving()
+    if rt is None:
+        print("no model serving")
+    else:
+        print("serving {} v{} with {} ({})".format(rt.name, rt.version, rt.provider, rt.fallback))
+    return 0
+
+
+def cmd_rollback(a: argparse.Namespace) -> int:
+    prev = _agent(a, channel=False).rollback()
+    print("now serving {} v{} ({}); a running agent picks it up within a second".format(
+        prev["name"], prev["version"], prev["path"]))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    """A client of the Inference service: send saved windows, print predictions and their accuracy."""
+    import grpc
+    import numpy as np
+
+    from shared.data.dataset import MultimodalDataset
+    from shared.rpc import InferenceStub, pb
+    stub = InferenceStub(grpc.insecure_channel(a.server))
+    deadline = time.time() + a.wait
+    while True:
+        try:
+            info = stub.Info(pb.InfoRequest(), timeout=5)
+            break
+        except grpc.RpcError as e:
+            if time.time() > deadline or e.code() not in (grpc.StatusCode.FAILED_PRECONDITION,
+                                                          grpc.StatusCode.UNAVAILABLE):
+                raise
+            time.sleep(1.0)
+    ds = MultimodalDataset.load(a.windows)
+    idx = np.random.RandomState(a.seed).choice(len(ds), min(a.n, len(ds)), replace=False)
+    drop = set(a.drop or [])
+    correct, t0, preds = 0, time.time(), []
+    for start in range(0, len(idx), a.batch):
+        b = idx[start:start + a.batch]
+        req = pb.PredictRequest()
+        for m, x in ds.x.items():
+            if m not in drop:
+                req.windows.add(modality=m, shape=list(x[b].shape), data=x[b].ravel().tolist(),
+                                rate_hz=ds.specs[m].rate_hz)
+        resp = stub.Predict(req, timeout=30)
+        for i, p in zip(b, resp.predictions):
+            correct += int(p.label == ds.labels[i])
+            preds.append((i, p))
+    dt = time.time() - t0
+    print("model {} v{} on {} ({}); {} windows of {}{}".format(
+        info.model_name, info.model_version, info.provider, info.fallback, len(idx), a.windows,
+        " without " + ",".join(sorted(drop)) if drop else ""))
+    for i, p in preds[:a.show]:
+        print("  window {:5d}: {:<20} (true {:<20}) p={:.2f} beta={}".format(
+            i, p.label_name, ds.class_names[ds.labels[i]], max(p.proba), ["{:.2f}".format(v) for v in p.beta]))
+    print("accuracy {:.4f} ({}/{}); {:.1f} windows/s over gRPC".format(correct / len(idx), correct, len(idx),
+                                                                      len(idx) / dt))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +203,49 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-quality", action="store_true", help="ignore the manifest's quality scores")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=cmd_finetune)
+    def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--state-dir", required=True, help="the agent's folder (models, fine-tuned versions, state)")
+        sp.add_argument("--name", default="cosmo-encoders", help="model name in the registry")
+        return sp
+
+    def cloud(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--cloud", required=True, help="host:port of cloud-server serve")
+        sp.add_argument("--token-file")
+        return sp
+    r = cloud(common(sub.add_parser("run", help="the daemon: follow the registry, fine-tune, serve")))
+    r.add_argument("--labels", required=True, help="folder with labeled.npz and val.npz (test.npz optional)")
+    r.add_argument("--listen", default="127.0.0.1:50061", help="Inference service address (or unix:/path)")
+    r.add_argument("--max-batch", type=int, default=256)
+    r.add_argument("--ready-file", help="write the Inference service's port here once serving")
+    r.add_argument("--config", help="YAML file of Stage2Config keys")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--edge-id", default="")
+    r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")
+    r.set_defaults(func=cmd_run)
+    pl = cloud(common(sub.add_parser("pull", help="download a version into the state folder")))
+    pl.add_argument("--version", type=int, help="default: the latest")
+    pl.set_defaults(func=cmd_pull)
+    sv = common(sub.add_parser("serve", help="serve the installed model"))
+    sv.add_argument("--listen", default="127.0.0.1:50061")
+    sv.add_argument("--max-batch", type=int, default=256)
+    sv.add_argument("--ready-file", help="write the Inference service's port here once serving")
+    sv.add_argument("--require-gpu", action="store_true")
+    sv.set_defaults(func=cmd_serve)
+    inf = common(sub.add_parser("info", help="installed versions and the execution provider"))
+    inf.set_defaults(func=cmd_info)
+    rb = common(sub.add_parser("rollback", help="serve the previous version again"))
+    rb.set_defaults(func=cmd_rollback)
+    pr = sub.add_parser("predict", help="client: send saved windows to the Inference service, print accuracy")
+    pr.add_argument("--server", default="127.0.0.1:50061")
+    pr.add_argument("--windows", required=True, help="a saved dataset (.npz), e.g. LABELS/test.npz")
+    pr.add_argument("--n", type=int, default=200, help="windows to send (random, seeded)")
+    pr.add_argument("--batch", type=int, default=64)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--show", type=int, default=5, help="predictions to print")
+    pr.add_argument("--drop", nargs="*", help="leave these modalities out (sensor off)")
+    pr.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a model to be served")
+    pr.set_defaults(func=cmd_predict)
     lb = sub.add_parser("labels", help="write labeled/val/test windows for finetune from a dataset")
     lb.add_argument("--dataset", default="hapt")
     lb.add_argument("--out", required=True)

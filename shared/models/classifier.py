@@ -90,6 +90,13 @@ class CosmoClassifier(nn.Module):
 
     def forward(self, hs: List[torch.Tensor], present: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits, beta, _ = self.forward_with_embedding(hs, present)
+        return logits, beta
+
+    def forward_with_embedding(self, hs: List[torch.Tensor], present: Optional[torch.Tensor] = None
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits [B, K], beta [B, M], embedding [B, gru_hidden])``; the embedding is the GRU's last
+        hidden state over the attention-fused map, i.e. the feature the MLP head classifies."""
         beta, _ = self.attention([h.flatten(1) for h in hs], present)
         weighted = [h * beta[:, j, None, None] for j, h in enumerate(hs)]
         if self.fusion == "sum":
@@ -97,7 +104,8 @@ class CosmoClassifier(nn.Module):
         else:
             v = torch.cat(weighted, dim=2)
         _, last = self.gru(v)
-        return self.head(last[-1]), beta
+        emb = last[-1]
+        return self.head(emb), beta, emb
 
 
 class CosmoModel(nn.Module):
@@ -117,6 +125,12 @@ class CosmoModel(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         hs = [enc(x) for enc, x in zip(self.encoders, xs)]
         return self.classifier(hs, present)
+
+    def forward_with_embedding(self, xs: List[torch.Tensor], present: Optional[torch.Tensor] = None
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, beta, embedding)``: ``forward`` plus the fused embedding (GRU last hidden state)."""
+        hs = [enc(x) for enc, x in zip(self.encoders, xs)]
+        return self.classifier.forward_with_embedding(hs, present)
 
     def predict_proba(self, xs: List[torch.Tensor]) -> torch.Tensor:
         logits, _ = self.forward(xs)

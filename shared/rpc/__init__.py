@@ -41,6 +41,7 @@ __all__ = [
     "SERVICE_NAMES", "Contract", "Method", "contract", "Stub", "add_health", "add_servicer_to_server", "descriptor_pool",
     "enable_reflection", "message_class", "method_handlers", "methods", "pb", "stub_factory",
     "ModelRegistryStub", "TrainingStub", "add_ModelRegistryServicer_to_server", "add_TrainingServicer_to_server",
+    "InferenceStub", "add_InferenceServicer_to_server",
 ]
 
 
@@ -63,3 +64,13 @@ def add_ModelRegistryServicer_to_server(servicer: Any, server: Any) -> None:
 def add_TrainingServicer_to_server(servicer: Any, server: Any) -> None:
     """Serve ``cosmo.v1.Training`` with ``servicer`` (methods named like the RPCs)."""
     add_servicer_to_server("cosmo.v1.Training", servicer, server)
+
+
+def InferenceStub(channel: grpc.Channel) -> Stub:
+    """Client of ``cosmo.v1.Inference`` (edge): Predict, Embed, StreamPredict (bidi stream), Info."""
+    return Stub(channel, "cosmo.v1.Inference")
+
+
+def add_InferenceServicer_to_server(servicer: Any, server: Any) -> None:
+    """Serve ``cosmo.v1.Inference`` with ``servicer`` (methods named like the RPCs)."""
+    add_servicer_to_server("cosmo.v1.Inference", servicer, server)

@@ -264,7 +264,7 @@ def test_pb_namespace():
     names = dir(pb)
     assert {"ListModelsRequest", "GetManifestRequest", "Chunk", "ModelEvent", "ReportMetricsRequest",
             "Job", "JobRef", "SubmitJobRequest"} <= set(names)
-    assert rpc.SERVICE_NAMES == ("cosmo.v1.ModelRegistry", "cosmo.v1.Training")
+    assert rpc.SERVICE_NAMES == ("cosmo.v1.Inference", "cosmo.v1.ModelRegistry", "cosmo.v1.Training")
     assert pb.Chunk.DESCRIPTOR.full_name == "cosmo.v1.Chunk"
     assert pb.Chunk is rpc.message_class("cosmo.v1.Chunk")
     assert rpc.descriptor_pool().FindServiceByName("cosmo.v1.Training").methods_by_name["WatchJob"]
@@ -273,8 +273,11 @@ def test_pb_namespace():
     assert [(m.name, m.kind) for m in rpc.methods("ModelRegistry")] == [
         ("ListModels", "unary_unary"), ("GetManifest", "unary_unary"), ("Download", "unary_stream"),
         ("WatchModels", "unary_stream"), ("ReportMetrics", "unary_unary")]
-    with pytest.raises(KeyError, match="Inference"):
-        rpc.methods("Inference")
+    assert [(m.name, m.kind) for m in rpc.methods("Inference")] == [
+        ("Predict", "unary_unary"), ("Embed", "unary_unary"), ("StreamPredict", "stream_stream"),
+        ("Info", "unary_unary")]
+    with pytest.raises(KeyError, match="NoSuchService"):
+        rpc.methods("NoSuchService")
 
 
 def test_messages_round_trip():

@@ -1,0 +1,281 @@
+"""The edge agent: follow the cloud registry, fine-tune shipped encoders on local labels, serve.
+
+State folder (``--state-dir S``)::
+
+    S/models/<name>/v<N>/         a pulled, verified registry version (shared.client.pull; resumable)
+    S/finetuned/<name>/v<N>/      stage 2 on the local labels: finetuned.pt, model.onnx (verified),
+                                  encoders.pt, manifest.json, metrics.json
+    S/finetuned/<name>/.v<N>.partial/   fine-tuning in progress (redone after a crash)
+    S/state.json                  {"serving": {...}, "history": [...]}: what serves, what served before
+
+A version is only swapped in after its fine-tuned ONNX model loaded and reproduced the torch model's
+validation accuracy; until then the previous version keeps serving, and it stays on disk for
+``edge-agent rollback``. A restarted agent serves what ``state.json`` names at once, resumes a half
+download, and never redoes a finished fine-tune.
+"""
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import grpc
+
+from shared.client import pull
+from shared.errors import CosmoError
+from shared.rpc import ModelRegistryStub, pb
+from shared.training.common import write_json
+from shared.training.stage2 import Stage2Config
+
+from .export import export_finetuned
+from .finetune import load_split, run_finetune
+from .runtime import Runtime
+from .service import ModelHolder
+
+log = logging.getLogger(__name__)
+STATE = "state.json"
+
+
+def _stage(fn: Callable[[], Any]) -> Dict[str, Any]:
+    """Run ``fn`` and measure wall and CPU seconds; energy is an estimate (see ``Agent.watts``)."""
+    w0, c0 = time.time(), time.process_time()
+    out = fn()
+    return {"result": out, "wall_seconds": time.time() - w0, "cpu_seconds": time.process_time() - c0}
+
+
+class Agent(object):
+    """One device's agent. ``channel`` reaches the cloud registry; ``labels_dir`` holds the device's
+    ``labeled``/``val`` (and optionally ``test``) windows in the project's ``.npz`` form."""
+
+    def __init__(self, state_dir: str, labels_dir: str, channel: Optional[grpc.Channel] = None,
+                 model_name: str = "cosmo-encoders", config: Optional[Stage2Config] = None,
+                 edge_id: str = "", require_gpu: bool = False, watts: float = 5.0) -> None:
+        self.state_dir, self.labels_dir, self.channel = state_dir, labels_dir, channel
+        self.model_name = model_name
+        self.config = config or Stage2Config()
+        self.edge_id = edge_id or os.uname()[1]
+        self.require_gpu = require_gpu
+        self.watts = watts  # estimate: CPU seconds x watts, labeled "estimate" (no power meter read here)
+        self.holder = ModelHolder()
+        self._lock = threading.Lock()
+        os.makedirs(state_dir, exist_ok=True)
+
+    # ------------------------------------------------------------------------------------- state
+    def state(self) -> Dict[str, Any]:
+        p = os.path.join(self.state_dir, STATE)
+        if not os.path.isfile(p):
+            return {"serving": None, "history": []}
+        with open(p) as f:
+            return json.load(f)
+
+    def _write_state(self, st: Dict[str, Any]) -> None:
+        write_json(os.path.join(self.state_dir, STATE), st)
+
+    def finetuned_dir(self, name: str, version: int) -> str:
+        return os.path.join(self.state_dir, "finetuned", name, "v{}".format(int(version)))
+
+    def installed(self) -> List[Dict[str, Any]]:
+        """Fine-tuned versions on disk, oldest first."""
+        out = []
+        root = os.path.join(self.state_dir, "finetuned")
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            for v in sorted(os.listdir(os.path.join(root, name))):
+                d = os.path.join(root, name, v)
+                if v.startswith("v") and os.path.isfile(os.path.join(d, "metrics.json")):
+                    with open(os.path.join(d, "metrics.json")) as f:
+                        m = json.load(f)
+                    out.append({"name": name, "version": int(v[1:]), "path": d,
+                                "val_accuracy": m.get("val", {}).get("accuracy")})
+        return sorted(out, key=lambda e: (e["name"], e["version"]))
+
+    # ------------------------------------------------------------------------------------- steps
+    def pull(self, version: Optional[int] = None, alias: str = "latest") -> Dict[str, Any]:
+        if self.channel is None:
+            raise CosmoError("pull needs --cloud HOST:PORT")
+        st = _stage(lambda: pull(self.channel, self.model_name, os.path.join(self.state_dir, "models"),
+                                 version=version, alias=None if version else alias))
+        folder, man = st["result"]
+        log.info("pulled %s v%s into %s in %.1f s", self.model_name, man["version"], folder, st["wall_seconds"])
+        return {"folder": folder, "manifest": man, "stage": dict(st, result=None)}
+
+    def finetune(self, model_dir: str) -> Dict[str, Any]:
+        """Stage 2 + ONNX export + verification into ``finetuned/<name>/v<N>`` (skipped when done)."""
+        with open(os.path.join(model_dir, "manifest.json")) as f:
+            man = json.load(f)
+        final = self.finetuned_dir(man["name"], man["version"])
+        if os.path.isfile(os.path.join(final, "metrics.json")) and os.path.isfile(os.path.join(final, "model.onnx")):
+            log.info("%s v%s already fine-tuned; not redone", man["name"], man["version"])
+            with open(os.path.join(final, "metrics.json")) as f:
+                return {"folder": final, "metrics": json.load(f), "stages": []}
+        partial = os.path.join(os.path.dirname(final), ".v{}.partial".format(man["version"]))
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)  # an interrupted fine-tune restarts from the shipped encoders
+        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, self.config, progress=False))
+        metrics = ft["result"]
+        ex = _stage(lambda: export_finetuned(metrics["model"], man, partial))
+        for name in ("encoders.pt",):
+            shutil.copyfile(os.path.join(model_dir, name), os.path.join(partial, name))
+        man_out = dict(man, files=list(man.get("files", [])) + [ex["result"]],
+                       finetune={"val": metrics["val"], "test": metrics.get("test"), "edge_id": self.edge_id})
+        write_json(os.path.join(partial, "manifest.json"), man_out)
+        vr = _stage(lambda: self._verify(partial, metrics["val"]["accuracy"]))
+        summary = {"val": metrics["val"], "test": metrics.get("test"), "best_epoch": metrics["best_epoch"],
+                   "onnx_val_accuracy": vr["result"], "labeled_windows": metrics["labeled_windows"]}
+        write_json(os.path.join(partial, "metrics.json"), summary)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        stages = [("finetune", ft), ("export", ex), ("verify", vr)]
+        return {"folder": final, "metrics": summary, "stages": [dict(s, stage=n, result=None) for n, s in stages]}
+
+    def _verify(self, folder: str, torch_val_accuracy: float) -> float:
+        """Load the exported model the way serving will, and check it on the validation windows."""
+        rt = Runtime.load(folder, require_gpu=self.require_gpu)
+        val = load_split(self.labels_dir, "val")
+        assert val is not None
+        out = rt.predict(dict(val.x))
+        acc = float((out["label"] == val.labels).mean())
+        if abs(acc - torch_val_accuracy) > 0.01:
+            raise CosmoError("{}: ONNX model gives validation accuracy {:.4f}, torch gave {:.4f}; not swapped in"
+                             .format(folder, acc, torch_val_accuracy))
+        return acc
+
+    def swap_to(self, folder: str) -> Runtime:
+        """Load ``folder`` and make it the serving model; the previous one goes into the history."""
+        rt = Runtime.load(folder, require_gpu=self.require_gpu)
+        with self._lock:
+            self.holder.swap(rt)
+            st = self.state()
+            cur = {"name": rt.name, "version": int(rt.version), "path": folder}
+            if st.get("serving") and st["serving"] != cur:
+                st["history"] = (st.get("history") or []) + [st["serving"]]
+            st["serving"] = cur
+            self._write_state(st)
+        log.info("serving %s v%s on %s", rt.name, rt.version, rt.provider)
+        return rt
+
+    def load_serving(self) -> Optional[Runtime]:
+        """Serve what state.json names (after a restart); None when nothing is installed yet."""
+        st = self.state()
+        s = st.get("serving")
+        if not s:
+            return None
+        cur = self.holder.get()
+        if cur is not None and int(cur.version) == int(s["version"]) and cur.name == s["name"]:
+            return cur
+        rt = Runtime.load(s["path"], require_gpu=self.require_gpu)
+        self.holder.swap(rt)
+        log.info("serving %s v%s on %s (from %s)", rt.name, rt.version, rt.provider, STATE)
+        return rt
+
+    def report(self, man: Dict[str, Any], stages: List[Dict[str, Any]], metrics: Dict[str, Any]) -> None:
+        if self.channel is None:
+            return
+        rt = self.holder.get()
+        req = pb.ReportMetricsRequest(edge_id=self.edge_id, name=man["name"], version=int(man["version"]),
+                                      device=_device_string(), execution_provider=rt.provider if rt else "")
+        for s in stages:
+            req.stages.add(stage=s["stage"], wall_seconds=s["wall_seconds"], cpu_seconds=s["cpu_seconds"],
+                           energy_joules=s["cpu_seconds"] * self.watts, energy_source="estimate")
+        for k in ("accuracy", "macro_f1"):
+            if metrics.get("val"):
+                req.metrics["val_" + k] = float(metrics["val"][k])
+            if metrics.get("test"):
+                req.metrics["test_" + k] = float(metrics["test"][k])
+        try:
+            ModelRegistryStub(self.channel).ReportMetrics(req, timeout=10)
+        except grpc.RpcError as e:
+            log.warning("ReportMetrics failed (%s); continuing", e.code())
+
+    def update(self, version: Optional[int] = None) -> Dict[str, Any]:
+        """pull -> finetune -> export -> verify -> swap -> report, for ``version`` (default: latest)."""
+        p = self.pull(version)
+        f = self.finetune(p["folder"])
+        self.swap_to(f["folder"])
+        self.report(p["manifest"], [dict(p["stage"], stage="download")] + f["stages"], f["metrics"])
+        return {"version": int(p["manifest"]["version"]), "metrics": f["metrics"]}
+
+    def rollback(self) -> Dict[str, Any]:
+        """Serve the previous version again (it is still on disk)."""
+        with self._lock:
+            st = self.state()
+            hist = st.get("history") or []
+            if not hist:
+                raise CosmoError("nothing to roll back to: {} has no previous version".format(
+                    os.path.join(self.state_dir, STATE)))
+            prev = hist.pop()
+            st["serving"], st["history"] = prev, hist
+            self._write_state(st)
+        return prev
+
+    # ------------------------------------------------------------------------------------- loop
+    def run(self, stop: threading.Event, backoff_max_s: float = 30.0, poll_state_s: float = 1.0,
+            retry_failed_s: float = 300.0) -> None:
+        """Follow WatchModels (reconnecting with exponential backoff) and update on each new version.
+
+        A version whose update failed (corrupt download, failed verification) is not retried for
+        ``retry_failed_s`` seconds; the serving model is untouched either way."""
+        failed = {}  # type: Dict[int, float]
+        if self.channel is None:
+            raise CosmoError("run needs --cloud HOST:PORT")
+        try:
+            self.load_serving()
+        except CosmoError as e:
+            log.error("cannot serve the installed model: %s", e)
+        backoff = 0.5
+        watcher = threading.Thread(target=self._watch_state, args=(stop, poll_state_s), daemon=True)
+        watcher.start()
+        while not stop.is_set():
+            stream = None
+            try:
+                stream = ModelRegistryStub(self.channel).WatchModels(
+                    pb.WatchModelsRequest(name=self.model_name, send_current=True))
+                threading.Thread(target=_cancel_on, args=(stop, stream), daemon=True).start()
+                for ev in stream:
+                    backoff = 0.5
+                    if ev.kind not in (pb.ModelEvent.PUBLISHED, pb.ModelEvent.CURRENT):
+                        continue
+                    v = int(ev.version)
+                    if not self._is_newer(v) or time.time() - failed.get(v, -1e9) < retry_failed_s:
+                        continue
+                    try:
+                        self.update(v)
+                    except (CosmoError, OSError, grpc.RpcError) as e:
+                        failed[v] = time.time()
+                        detail = "{}: {}".format(e.code().name, e.details()) if isinstance(e, grpc.RpcError) else e
+                        log.error("update to v%s failed, the current model keeps serving (retry in %.0f s): %s",
+                                  v, retry_failed_s, detail)
+            except grpc.RpcError as e:
+                if stop.is_set():
+                    break
+                log.warning("registry watch interrupted (%s); reconnecting in %.1f s", e.code(), backoff)
+                stop.wait(backoff)
+                backoff = min(backoff_max_s, backoff * 2)
+
+    def _is_newer(self, version: int) -> bool:
+        s = self.state().get("serving")
+        return s is None or s["name"] != self.model_name or version > int(s["version"])
+
+    def _watch_state(self, stop: threading.Event, every: float) -> None:
+        """Pick up ``edge-agent rollback`` (which rewrites state.json) while running."""
+        while not stop.wait(every):
+            try:
+                self.load_serving()
+            except (CosmoError, OSError, ValueError) as e:
+                log.error("state.json names a model that cannot be served: %s", e)
+
+
+def _cancel_on(stop: threading.Event, call: Any) -> None:
+    stop.wait()
+    call.cancel()
+
+
+def _device_string() -> str:
+    parts = [os.uname()[1], os.uname()[4]]
+    rel = "/etc/nv_tegra_release"
+    if os.path.isfile(rel):
+        with open(rel) as f:
+            parts.append(f.readline().strip()[:60])
+    return " ".join(parts)
