@@ -1,6 +1,7 @@
 """``edge-agent``: the device side's command line.
 
 Subcommands:
+  export    ONNX export of a fine-tuned model (checked against torch at batch 1 and 8).
   run       the daemon: follow the cloud registry (WatchModels), pull each new version, fine-tune it on
             the local labels, export and verify ONNX, hot-swap it into the Inference service, report
             timings and accuracy to the cloud.
@@ -37,6 +38,27 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    """ONNX export of a fine-tuned model (``finetune --out DIR``) with the parity checks of the agent."""
+    import json
+    import shutil
+
+    from shared.manifest import read_manifest
+
+    from .export import export_finetuned
+    from .finetune import FINETUNED, load_finetuned
+    man = read_manifest(a.model)
+    model = load_finetuned(os.path.join(a.finetuned, FINETUNED), os.path.join(a.model, "encoders.pt"),
+                           list(man["input_schema"]), len(man["classes"]))
+    entry = export_finetuned(model, man, a.finetuned)
+    shutil.copyfile(os.path.join(a.model, "encoders.pt"), os.path.join(a.finetuned, "encoders.pt"))
+    with open(os.path.join(a.finetuned, "manifest.json"), "w") as f:
+        json.dump(dict(man, files=list(man["files"]) + [entry]), f, indent=2, sort_keys=True)
+    print("wrote {} ({} bytes, sha256 {}); `edge-agent serve` can serve {} once it is installed".format(
+        os.path.join(a.finetuned, entry["path"]), entry["size"], entry["sha256"][:12], a.finetuned))
+    return 0
+
+
 def cmd_labels(a: argparse.Namespace) -> int:
     from shared.data import load_named
     from shared.experiment import prepare
@@ -59,7 +81,8 @@ def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
                                                                  "epochs": getattr(a, "epochs", None)})
     ch = connect(a.cloud, token=_token(a.token_file)) if channel and getattr(a, "cloud", None) else None
     return Agent(a.state_dir, getattr(a, "labels", None) or "", channel=ch, model_name=a.name, config=cfg,
-                 edge_id=getattr(a, "edge_id", "") or "", require_gpu=getattr(a, "require_gpu", False))
+                 edge_id=getattr(a, "edge_id", "") or "", require_gpu=getattr(a, "require_gpu", False),
+                 watts=getattr(a, "watts", None) or 5.0)
 
 
 def _token(path: Optional[str]) -> Optional[str]:
@@ -222,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--edge-id", default="")
     r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")
+    r.add_argument("--watts", type=float, default=5.0,
+                   help="for the energy estimate reported to the cloud: CPU seconds x this (no meter is read)")
     r.set_defaults(func=cmd_run)
     pl = cloud(common(sub.add_parser("pull", help="download a version into the state folder")))
     pl.add_argument("--version", type=int, help="default: the latest")
@@ -236,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=cmd_info)
     rb = common(sub.add_parser("rollback", help="serve the previous version again"))
     rb.set_defaults(func=cmd_rollback)
+    ex = sub.add_parser("export", help="ONNX export (opset 13) of a fine-tuned model, checked against torch")
+    ex.add_argument("--model", required=True, help="the pulled version the model was fine-tuned from")
+    ex.add_argument("--finetuned", required=True, help="the `finetune --out` folder (gets model.onnx)")
+    ex.set_defaults(func=cmd_export)
     pr = sub.add_parser("predict", help="client: send saved windows to the Inference service, print accuracy")
     pr.add_argument("--server", default="127.0.0.1:50061")
     pr.add_argument("--windows", required=True, help="a saved dataset (.npz), e.g. LABELS/test.npz")

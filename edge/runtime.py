@@ -143,23 +143,10 @@ class Runtime(object):
     def _load_torch(self) -> None:
         import torch
 
-        from shared.training.common import config_from_dict
-        from shared.training.stage1 import load_encoder_bundle
-        from shared.training.stage2 import Stage2Config, build_model
+        from .finetune import load_finetuned
 
-        path = os.path.join(self.model_dir, FINETUNED)
-        if not os.path.isfile(path):
-            raise DataError("{}: fine-tuned weights not found (needed without onnxruntime)".format(path))
-        try:
-            ck = torch.load(path, map_location="cpu")
-        except Exception as e:  # torch raises many types for a corrupt file
-            raise DataError("{}: corrupt or unreadable: {}".format(path, e)) from e
-        if not isinstance(ck, dict) or "state_dict" not in ck:
-            raise DataError("{}: not a cosmo-har fine-tuned checkpoint".format(path))
-        encoders = load_encoder_bundle(os.path.join(self.model_dir, ENCODERS))
-        config = config_from_dict(Stage2Config, ck.get("config") or {}, where=path + " config")
-        model = build_model(encoders, self.modalities, len(self.classes), None, config)
-        model.load_state_dict(ck["state_dict"])
+        model = load_finetuned(os.path.join(self.model_dir, FINETUNED), os.path.join(self.model_dir, ENCODERS),
+                               self.modalities, len(self.classes))
         self._torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._torch_model = model.to(self._torch_device).eval()
         self.available_providers = ["torch:cuda", "torch:cpu"] if torch.cuda.is_available() else ["torch:cpu"]

@@ -65,3 +65,18 @@ def test_bad_inputs_give_named_errors(pretrained, tmp_path, capsys):
     assert "epochz" in capsys.readouterr().err
     assert edge_main(["finetune", "--model", str(out), "--labels", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert "labeled.npz" in capsys.readouterr().err
+
+
+def test_export_then_serve_runtime(pretrained):
+    root, out = pretrained
+    ft = root / "edge_export"
+    assert edge_main(["finetune", "--model", str(out), "--labels", str(out / "edge_data"), "--out", str(ft),
+                      "--epochs", "2", "--no-progress"]) == 0
+    assert edge_main(["export", "--model", str(out), "--finetuned", str(ft)]) == 0
+    from edge.runtime import Runtime
+    rt = Runtime.load(str(ft))
+    test = MultimodalDataset.load(str(out / "edge_data" / "test.npz"))
+    res = rt.predict(dict(test.x))
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert abs(float((res["label"] == test.labels).mean()) - metrics["test"]["accuracy"]) < 1e-6
+    assert rt.provider == "CPUExecutionProvider"
