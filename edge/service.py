@@ -176,6 +176,16 @@ class _Windower(object):
             yield k, w
 
 
+def _abort_with(context: Any, e: Exception) -> None:
+    """The one place errors of the Inference service become status codes."""
+    if isinstance(e, _Abort):
+        context.abort(e.code, e.message)
+    if isinstance(e, InputError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    log.exception("inference failed")
+    context.abort(grpc.StatusCode.INTERNAL, str(e))
+
+
 class InferenceServicer(object):
     """``cosmo.v1.Inference`` over a ``ModelHolder``; batches over ``max_batch`` windows are refused."""
 
@@ -186,13 +196,8 @@ class InferenceServicer(object):
     def _call(self, context: Any, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except _Abort as e:
-            context.abort(e.code, e.message)
-        except InputError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except CosmoError as e:
-            log.exception("inference failed")
-            context.abort(grpc.StatusCode.INTERNAL, str(e))
+        except (_Abort, CosmoError) as e:
+            _abort_with(context, e)
 
     def Predict(self, request: Any, context: Any) -> Any:
         def run() -> Any:
@@ -222,13 +227,8 @@ class InferenceServicer(object):
                 windower.add(chunk)
                 for k, w in windower.ready():
                     yield prediction_response(rt, rt.predict(w), window_index=k)
-        except _Abort as e:
-            context.abort(e.code, e.message)
-        except InputError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except CosmoError as e:
-            log.exception("stream inference failed")
-            context.abort(grpc.StatusCode.INTERNAL, str(e))
+        except (_Abort, CosmoError) as e:
+            _abort_with(context, e)
 
     def Info(self, request: Any, context: Any) -> Any:
         def run() -> Any:
