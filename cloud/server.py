@@ -6,9 +6,9 @@ disturbs other clients or the registry.
 """
 import logging
 import os
+import queue
 import signal
 import threading
-import time
 from concurrent import futures
 from typing import Any, Callable, Iterator, List, Optional
 
@@ -105,9 +105,12 @@ class ModelRegistryServicer(object):
                 for m in self.registry.list_versions(request.name or None):
                     yield serde.model_event({"kind": "CURRENT", "name": m["name"], "version": m["version"]}, m)
             while context.is_active() and not self.stopping.is_set():
-                ev = q.get(timeout=0.5)
-                if ev is None:
+                try:
+                    ev = q.get(timeout=0.5)
+                except queue.Empty:
                     continue
+                if ev is None:  # the registry closed the subscription
+                    return
                 if request.name and ev.get("name") != request.name:
                     continue
                 model = None
@@ -146,16 +149,23 @@ class TrainingServicer(object):
 
     @_guard_stream
     def WatchJob(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        last = None
-        while context.is_active():
+        """The job now, then every update (each one, as the registry's job events carry the state), until
+        it ends. Updates written by worker processes arrive through the registry's event log."""
+        sub = self.registry.subscribe_jobs(request.id)
+        try:
             j = self.registry.get_job(request.id)
-            key = (j["state"], j.get("updated_at"), str(j.get("progress")))
-            if key != last:
-                last = key
+            yield serde.job(j)
+            while j["state"] not in TERMINAL and context.is_active() and not self.stopping.is_set():
+                try:
+                    ev = sub.get(timeout=self.poll_s)
+                except queue.Empty:
+                    continue
+                if ev is None:  # the registry closed the subscription
+                    return
+                j = ev["job"]
                 yield serde.job(j)
-            if j["state"] in TERMINAL or self.stopping.is_set():
-                return
-            time.sleep(self.poll_s)
+        finally:
+            self.registry.unsubscribe(sub)
 
     @_guard
     def CancelJob(self, request: Any, context: grpc.ServicerContext) -> Any:
