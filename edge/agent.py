@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import grpc
 
 from shared.client import pull
+from shared.energy import EnergyMonitor, Meter, detect
 from shared.errors import CosmoError
 from shared.rpc import ModelRegistryStub, pb
 from shared.training.common import write_json
@@ -38,11 +39,19 @@ log = logging.getLogger(__name__)
 STATE = "state.json"
 
 
-def _stage(fn: Callable[[], Any]) -> Dict[str, Any]:
-    """Run ``fn`` and measure wall and CPU seconds; energy is an estimate (see ``Agent.watts``)."""
-    w0, c0 = time.time(), time.process_time()
-    out = fn()
-    return {"result": out, "wall_seconds": time.time() - w0, "cpu_seconds": time.process_time() - c0}
+def _stage(fn: Callable[[], Any], meter: Optional[Meter] = None) -> Dict[str, Any]:
+    """Run ``fn``; measure wall and CPU seconds and, with ``meter``, energy (its source says which
+    meter: INA3221 / tegrastats on a Jetson, RAPL, NVML, or a labeled CPU-time estimate)."""
+    if meter is None:
+        w0, c0 = time.time(), time.process_time()
+        out = fn()
+        return {"result": out, "wall_seconds": time.time() - w0, "cpu_seconds": time.process_time() - c0,
+                "energy_joules": 0.0, "energy_source": ""}
+    with EnergyMonitor(meter) as mon:
+        out = fn()
+    r = mon.result()
+    return {"result": out, "wall_seconds": r["wall_s"], "cpu_seconds": r["cpu_s"],
+            "energy_joules": float(r["energy_j"] or 0.0), "energy_source": str(r["source"])}
 
 
 class Agent(object):
@@ -57,7 +66,7 @@ class Agent(object):
         self.config = config or Stage2Config()
         self.edge_id = edge_id or os.uname()[1]
         self.require_gpu = require_gpu
-        self.watts = watts  # estimate: CPU seconds x watts, labeled "estimate" (no power meter read here)
+        self.meter = detect(watts=watts)  # the best meter present; else CPU seconds x watts, "estimate"
         self.holder = ModelHolder()
         self._lock = threading.Lock()
         os.makedirs(state_dir, exist_ok=True)
@@ -95,7 +104,7 @@ class Agent(object):
         if self.channel is None:
             raise CosmoError("pull needs --cloud HOST:PORT")
         st = _stage(lambda: pull(self.channel, self.model_name, os.path.join(self.state_dir, "models"),
-                                 version=version, alias=None if version else alias))
+                                 version=version, alias=None if version else alias), self.meter)
         folder, man = st["result"]
         log.info("pulled %s v%s into %s in %.1f s", self.model_name, man["version"], folder, st["wall_seconds"])
         return {"folder": folder, "manifest": man, "stage": dict(st, result=None)}
@@ -112,15 +121,16 @@ class Agent(object):
         partial = os.path.join(os.path.dirname(final), ".v{}.partial".format(man["version"]))
         if os.path.isdir(partial):
             shutil.rmtree(partial)  # an interrupted fine-tune restarts from the shipped encoders
-        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, self.config, progress=False))
+        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, self.config, progress=False),
+                    self.meter)
         metrics = ft["result"]
-        ex = _stage(lambda: export_finetuned(metrics["model"], man, partial))
+        ex = _stage(lambda: export_finetuned(metrics["model"], man, partial), self.meter)
         for name in ("encoders.pt",):
             shutil.copyfile(os.path.join(model_dir, name), os.path.join(partial, name))
         man_out = dict(man, files=list(man.get("files", [])) + [ex["result"]],
                        finetune={"val": metrics["val"], "test": metrics.get("test"), "edge_id": self.edge_id})
         write_json(os.path.join(partial, "manifest.json"), man_out)
-        vr = _stage(lambda: self._verify(partial, metrics["val"]["accuracy"]))
+        vr = _stage(lambda: self._verify(partial, metrics["val"]["accuracy"]), self.meter)
         summary = {"val": metrics["val"], "test": metrics.get("test"), "best_epoch": metrics["best_epoch"],
                    "onnx_val_accuracy": vr["result"], "labeled_windows": metrics["labeled_windows"]}
         write_json(os.path.join(partial, "metrics.json"), summary)
@@ -178,7 +188,7 @@ class Agent(object):
                                       device=_device_string(), execution_provider=rt.provider if rt else "")
         for s in stages:
             req.stages.add(stage=s["stage"], wall_seconds=s["wall_seconds"], cpu_seconds=s["cpu_seconds"],
-                           energy_joules=s["cpu_seconds"] * self.watts, energy_source="estimate")
+                           energy_joules=s["energy_joules"], energy_source=s["energy_source"])
         for k in ("accuracy", "macro_f1"):
             if metrics.get("val"):
                 req.metrics["val_" + k] = float(metrics["val"][k])

@@ -120,6 +120,8 @@ def test_pull_finetune_serve_swap_report_rollback(world, tmp_path):
         stages = {s["stage"] for s in reports[-1]["stages"]}
         assert {"download", "finetune", "export", "verify"} <= stages
         assert "val_accuracy" in reports[-1]["metrics"]
+        fin = [st for st in reports[-1]["stages"] if st["stage"] == "finetune"][0]
+        assert fin["energy_source"] and fin["energy_joules"] > 0 and fin["wall_seconds"] > 0
 
         # a corrupt download never replaces the serving model
         v3 = _publish(world, seed=2)
