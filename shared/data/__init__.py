@@ -11,6 +11,7 @@ from ..errors import ConfigError, DataError
 from .basicmotions import load_basicmotions, read_ts
 from .dataset import FORMAT_VERSION, ModalitySpec, MultimodalDataset, concat, make_dataset
 from .hapt import RestrictedUnpickler, load_hapt, read_hapt_pickle, read_hapt_uci
+from .narration import NarratedDataset, narrate, read_ego4d
 from .splits import Normalizer, Split, labeled_unlabeled, sample_labels, subject_split
 from .synthetic import make_synthetic
 from .uschad import load_uschad, read_uschad
@@ -76,6 +77,7 @@ __all__ = [
     "load_uschad", "read_uschad",
     "load_utdmhad",
     "make_synthetic",
+    "NarratedDataset", "narrate", "read_ego4d",
     "LOADERS", "load_named",
     # errors used by the data layer
     "DataError",

@@ -11,11 +11,15 @@ from shared.models import (CosmoClassifier, CosmoModel, ProjectionHead, QualityG
 EXAMPLES = {
     "conv1d": dict(in_channels=5, window=64, widths=(16, 16, 8), out_steps=4),
     "conv3d": dict(joints=20, coords=3, window=40, widths=(8, 8, 8), out_steps=5),
+    "mw2": dict(in_channels=6, window=200, hidden=16, norm="layer"),  # out: final GRU state [B, 1, hidden]
 }
+# extra configs swept like EXAMPLES (every selectable norm of mw2)
+VARIANTS = [("mw2", dict(EXAMPLES["mw2"], norm=n)) for n in ("group", "instance")]
+CASES = [(n, EXAMPLES[n]) for n in sorted(EXAMPLES)] + VARIANTS
 
 
 def _input(name, cfg, batch):
-    if name == "conv1d":
+    if name in ("conv1d", "mw2"):
         return torch.randn(batch, cfg["window"], cfg["in_channels"])
     return torch.randn(batch, cfg["window"], cfg["joints"] * cfg["coords"])
 
@@ -24,15 +28,16 @@ def test_every_registered_encoder_has_an_example():
     assert set(list_encoders()) == set(EXAMPLES)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_encoder_forward_backward_onnx(name, tmp_path):
+@pytest.mark.parametrize("name,cfg", CASES, ids=["{}-{}".format(n, c.get("norm", "")).rstrip("-") for n, c in CASES])
+def test_encoder_forward_backward_onnx(name, cfg, tmp_path):
     torch.manual_seed(0)
-    cfg = EXAMPLES[name]
     enc = build_encoder(name, **cfg)
     x = _input(name, cfg, 4)
     h = enc(x)
-    assert h.shape == (4, cfg["out_steps"], enc.out_features)
-    assert enc.feature_dim == cfg["out_steps"] * enc.out_features
+    steps = cfg.get("out_steps", 1)  # mw2 has no out_steps key: it always returns one step
+    assert enc.out_steps == steps
+    assert h.shape == (4, steps, enc.out_features)
+    assert enc.feature_dim == steps * enc.out_features
     h.sum().backward()
     assert all(p.grad is not None for p in enc.parameters())
     enc.eval()
