@@ -1,0 +1,141 @@
+"""IMU <-> text alignment (IMU2CLIP-style): train an IMU encoder + projection against frozen text
+embeddings with symmetric InfoNCE, optionally plus a distillation term (``CombinedAlignmentLoss``).
+
+The text side is given as precomputed embeddings ``[N, D_text]`` (one per window; the text encoder is
+frozen, so computing them once is exact and keeps the loop encoder-agnostic). Model selection uses
+the validation windows' IMU->text MRR; the test split is not touched here.
+"""
+import copy
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dataclasses import dataclass, field
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from ..losses.distillation import CombinedAlignmentLoss
+from ..models.encoders import build_encoder
+from ..retrieval import retrieval_metrics
+from .common import augment, iterate_batches, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Alignment hyper-parameters (seed paper: Adagrad lr 2e-4, batch 256 better than 32, LayerNorm,
+    InfoNCE + attention transfer, lambda_KD = 1)."""
+
+    encoder: str = "mw2"
+    encoder_config: Dict[str, Any] = field(default_factory=dict)
+    epochs: int = 15
+    batch_size: int = 256
+    optimizer: str = "adagrad"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    kd: str = ""
+    lambda_kd: float = 1.0
+    init_temperature: float = 0.1
+    jitter: float = 0.0
+    scale: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("align: fields 'epochs' (>= 1) and 'batch_size' (>= 2) out of range: {}, {}".format(
+                self.epochs, self.batch_size))
+        if self.optimizer not in ("adam", "adagrad", "sgd"):
+            raise ConfigError("align: field 'optimizer' must be adam, adagrad or sgd, got {!r}".format(self.optimizer))
+        if self.lr <= 0:
+            raise ConfigError("align: field 'lr' must be > 0, got {}".format(self.lr))
+
+
+class AlignModel(nn.Module):
+    """Encoder ``[B, T, C] -> [B, S, F]`` + linear projection to the text space, L2-normalized."""
+
+    def __init__(self, encoder: nn.Module, text_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.proj = nn.Linear(encoder.feature_dim, text_dim)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.features(x)), dim=1)
+
+
+@torch.no_grad()
+def embed(model: AlignModel, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """IMU embeddings ``[N, D_text]`` (unit norm) of windows ``x [N, T, C]``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    return np.concatenate([model(torch.from_numpy(x[i]).to(dev)).cpu().numpy()
+                           for i in iterate_batches(len(x), batch_size, False)])
+
+
+def train_alignment(x_train: np.ndarray, text_train: np.ndarray, x_val: np.ndarray, text_val: np.ndarray,
+                    config: AlignConfig, progress: bool = False,
+                    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Train on normalized IMU windows ``x [N, T, C]`` paired with text embeddings ``[N, D]``.
+
+    Returns ``{"model": AlignModel (best validation IMU->text MRR), "history": [...], "best_epoch",
+    "val": retrieval metrics both ways, "seconds"}``.
+    """
+    from tqdm import tqdm
+
+    config.check()
+    for name, a, b in (("train", x_train, text_train), ("val", x_val, text_val)):
+        if a.ndim != 3 or b.ndim != 2 or len(a) != len(b):
+            raise DataError("align: {} windows {} and text embeddings {} must be [N, T, C] and [N, D]".format(
+                name, a.shape, b.shape))
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    enc_cfg = dict(config.encoder_config)
+    enc_cfg.setdefault("window", int(x_train.shape[1]))
+    enc_cfg.setdefault("in_channels", int(x_train.shape[2]))
+    model = AlignModel(build_encoder(config.encoder, **enc_cfg), int(text_train.shape[1])).to(device)
+    loss_fn = CombinedAlignmentLoss(kd=config.kd or None, lambda_kd=config.lambda_kd,
+                                    init_temperature=config.init_temperature).to(device)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    opt = {"adam": lambda: torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay),
+           "adagrad": lambda: torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay),
+           "sgd": lambda: torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay),
+           }[config.optimizer]()
+    xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32))
+    tt = torch.from_numpy(np.ascontiguousarray(text_train, np.float32))
+    rng = np.random.RandomState(config.seed)
+    best: Dict[str, Any] = {"mrr": -1.0, "epoch": -1, "state": None}
+    history: List[Dict[str, Any]] = []
+    t0 = time.time()
+    for epoch in tqdm(range(config.epochs), desc="align", unit="epoch", disable=not progress):
+        model.train()
+        terms = []
+        for idx in iterate_batches(len(xt), config.batch_size, True, rng, drop_last=True):
+            x = augment([xt[idx].to(device)], config.jitter, config.scale)[0]
+            out = loss_fn(model(x), tt[idx].to(device))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            terms.append({k: float(v.detach()) for k, v in out.items()})
+        v = embed(model, x_val)
+        row = {"epoch": epoch, "val_imu2text": retrieval_metrics(v, text_val),
+               "val_text2imu": retrieval_metrics(text_val, v)}
+        for k in (terms[0] if terms else {}):
+            row["train_" + k] = float(np.mean([t[k] for t in terms]))
+        history.append(row)
+        if row["val_imu2text"]["MRR"] > best["mrr"]:
+            best = {"mrr": row["val_imu2text"]["MRR"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        if on_epoch is not None:
+            on_epoch(row)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    v = embed(model, x_val)
+    return {"model": model, "history": history, "best_epoch": best["epoch"], "seconds": time.time() - t0,
+            "val": {"imu2text": retrieval_metrics(v, text_val), "text2imu": retrieval_metrics(text_val, v)}}
