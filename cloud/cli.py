@@ -173,6 +173,23 @@ def cmd_registry(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(a: argparse.Namespace) -> int:
+    from shared.training.align import AlignConfig
+    from shared.training.common import config_from_dict
+
+    from .align import default_encoder, run_align, summary
+    enc_cfg = {"widths": [64, 64, 64, 32], "out_steps": 8} if a.encoder == "conv1d" else {}
+    d = {"encoder": a.encoder, "epochs": a.epochs, "batch_size": a.batch_size, "optimizer": a.optimizer, "lr": a.lr,
+         "kd": a.kd or "", "lambda_kd": a.lambda_kd, "seed": a.seed}
+    cfg = config_from_dict(AlignConfig, {k: v for k, v in d.items() if v is not None}, where="align flags")
+    from dataclasses import replace
+    cfg = replace(cfg, encoder_config=enc_cfg)
+    r = run_align(a.out, a.dataset, cfg, default_encoder(a.out), holdout=a.holdout or (), progress=not a.no_progress)
+    print(summary(r))
+    print("wrote {}/results.json, aligned_imu.pt and tsne_test.png".format(a.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--alias", default="latest")
     dl.add_argument("--out", required=True, help="installs into OUT/<name>/v<version>")
     dl.set_defaults(func=cmd_download)
+    al = sub.add_parser("align", help="IMU<->text alignment (IMU2CLIP-style) with evaluation")
+    al.add_argument("--dataset", default="hapt")
+    al.add_argument("--out", required=True)
+    al.add_argument("--encoder", default="conv1d", help="conv1d (any window) or mw2 (windows >= 141 samples)")
+    al.add_argument("--epochs", type=int, default=15)
+    al.add_argument("--batch-size", type=int, default=256)
+    al.add_argument("--optimizer", default="adam", choices=["adam", "adagrad", "sgd"])
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--kd", help="a distillation loss added to InfoNCE, e.g. attention_transfer")
+    al.add_argument("--lambda-kd", type=float, default=1.0)
+    al.add_argument("--holdout", nargs="*", help="activities kept out of training (zero-shot on them)")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--no-progress", action="store_true")
+    al.set_defaults(func=cmd_align)
     rg = sub.add_parser("registry", help="administer a registry data dir: list, alias, pin, unpin, delete, gc")
     rg.add_argument("--data-dir", required=True)
     rsub = rg.add_subparsers(dest="action", required=True)

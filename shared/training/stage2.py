@@ -140,11 +140,15 @@ def evaluate(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.de
 
 def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: MultimodalDataset,
              config: Stage2Config, quality: Optional[Sequence[float]] = None, progress: bool = True,
-             on_epoch: Optional[Callable[[Dict[str, Any], CosmoModel], None]] = None) -> Dict[str, Any]:
+             on_epoch: Optional[Callable[[Dict[str, Any], CosmoModel], None]] = None,
+             model: Optional[nn.Module] = None) -> Dict[str, Any]:
     """Train the Cosmo classifier (and fine-tune ``encoders``) on ``labeled``; select on ``val``.
 
     ``encoders`` are modified in place; pass fresh ones (``build_encoders``) for the no-pretraining
     ablation. ``on_epoch(row, model)`` is called after each epoch with its history row.
+    ``model``: a prebuilt model to train instead (e.g. a baseline from ``shared.baselines``): any module
+    with ``.encoders``, ``.classifier`` and ``forward(xs, present=None) -> (logits, beta)``; when given,
+    ``encoders`` and ``quality`` are ignored and ``build_model`` is not called.
     Returns ``{"model": CosmoModel (best on val), "history": [...], "best_epoch": int, "val": metrics,
     "seconds": float}``.
     """
@@ -156,7 +160,9 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
             raise DataError("stage 2: {} split must be non-empty and fully labeled".format(name))
     seed_everything(config.seed)
     device = pick_device(config.device)
-    model = build_model(encoders, labeled.modalities, labeled.num_classes, quality, config).to(device)
+    if model is None:
+        model = build_model(encoders, labeled.modalities, labeled.num_classes, quality, config)
+    model = model.to(device)
     enc_params = list(model.encoders.parameters())
     clf_params = list(model.classifier.parameters())
 
