@@ -112,7 +112,10 @@ def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEnc
     os.makedirs(out, exist_ok=True)
     save_torch_atomic({"format": "cosmo-har/aligned-imu", "state_dict": model.state_dict(),
                        "config": config_dict(config), "text_encoder": text_encoder.name,
-                       "modalities": list(ds.modalities)}, os.path.join(out, "aligned_imu.pt"))
+                       "modalities": list(ds.modalities), "normalization": norm.to_json(),
+                       "class_names": list(ds.class_names), "window": int(x_tr.shape[1]),
+                       "channels": int(x_tr.shape[2]), "text_dim": int(e_tr.shape[1])},
+                      os.path.join(out, "aligned_imu.pt"))
     write_json(os.path.join(out, "results.json"), results)
     if plot:
         _tsne_png(imu_te[sub], y_te[sub], ds.class_names, os.path.join(out, "tsne_test.png"),
@@ -142,3 +145,80 @@ def summary(r: Dict[str, Any]) -> str:
 def default_encoder(out: Optional[str]) -> TextEncoder:
     from shared.text import MiniLMTextEncoder
     return MiniLMTextEncoder(cache_path=os.path.join(out, "text_cache.npz") if out else None)
+
+
+def load_aligned(path: str) -> Any:
+    """(AlignModel in eval mode, checkpoint dict) from ``aligned_imu.pt``."""
+    import torch
+
+    from shared.models.encoders import build_encoder
+    from shared.training.align import AlignModel
+
+    ck = torch.load(path, map_location="cpu")
+    cfg = ck["config"]
+    enc_cfg = dict(cfg.get("encoder_config") or {})
+    enc_cfg.setdefault("window", ck["window"])
+    enc_cfg.setdefault("in_channels", ck["channels"])
+    model = AlignModel(build_encoder(cfg["encoder"], **enc_cfg), ck["text_dim"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck
+
+
+def summarize_recording(model_dir: str, text_encoder: TextEncoder, subject: int, out: str,
+                        hop_fraction: float = 0.5, min_segment_s: float = 5.0) -> Dict[str, Any]:
+    """Summarize every HAPT recording of ``subject``: per-window zero-shot activity -> merged segments ->
+    text + timeline PNG, scored against HAPT's own labels (frame and segment accuracy)."""
+    from shared.data.hapt import ACTIVITIES, read_hapt_pickle
+    from shared.summary import describe, score, segments, window_labels_to_timeline
+
+    model, ck = load_aligned(os.path.join(model_dir, "aligned_imu.pt"))
+    norm = Normalizer.from_json(ck["normalization"])
+    names = ck["class_names"]
+    prompts = class_prompts(text_encoder, names)
+    recs = [r for r in read_hapt_pickle() if r.subject == subject]
+    if not recs:
+        raise DataError("HAPT has no recordings of subject {}".format(subject))
+    os.makedirs(out, exist_ok=True)
+    results = []
+    for k, rec in enumerate(recs):
+        rate = rec.specs["acc"].rate_hz
+        w = int(ck["window"])
+        hop = max(1, int(round(w * hop_fraction)))
+        sig = np.concatenate([(rec.signals[m] - norm.mean[m]) / norm.std[m] for m in ck["modalities"]], 1)
+        starts = np.arange(0, sig.shape[0] - w + 1, hop)
+        windows = np.stack([sig[s:s + w] for s in starts]).astype(np.float32)
+        pred_w = (embed(model, windows) @ prompts.T).argmax(1)
+        duration = sig.shape[0] / rate
+        pred = window_labels_to_timeline(pred_w, hop / rate, w / rate, duration, rate)
+        segs = segments(pred, rate, min_segment_s)
+        smoothed = np.concatenate([np.full(int(round((b - a) * rate)), lab) for a, b, lab in segs])[:len(pred)]
+        true = np.where((rec.labels >= 0) & (rec.labels < len(ACTIVITIES)), rec.labels, -1)
+        sc = score(smoothed, true, rate)
+        text = describe(segs, names)
+        png = os.path.join(out, "timeline_subject{}_rec{}.png".format(subject, k))
+        _timeline_png(true, smoothed, names, rate, png)
+        results.append({"recording": k, "duration_s": duration, "summary": text, "png": png, **sc,
+                        "segments": len(segs)})
+    write_json(os.path.join(out, "summary_subject{}.json".format(subject)), results)
+    return {"subject": subject, "recordings": results}
+
+
+def _timeline_png(true: np.ndarray, pred: np.ndarray, names: List[str], rate: float, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(["#dddddd"] + list(plt.get_cmap("tab10").colors[:len(names)]))
+    fig, ax = plt.subplots(figsize=(10, 2.2))
+    img = np.stack([true + 1, pred + 1])
+    ax.imshow(img, aspect="auto", cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest",
+              extent=[0, len(true) / rate, 1.5, -0.5])
+    ax.set_yticks([0, 1])
+    ax.set_yticklabels(["HAPT labels", "zero-shot"])
+    ax.set_xlabel("time (s)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
+    ax.legend(handles, names, ncol=len(names), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.45))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -190,6 +190,18 @@ def cmd_align(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(a: argparse.Namespace) -> int:
+    from .align import default_encoder, summarize_recording
+    r = summarize_recording(a.model, default_encoder(a.model), a.subject, a.out, min_segment_s=a.min_segment_s)
+    for rec in r["recordings"]:
+        print("subject {} recording {} ({:.0f} s): frame accuracy {:.3f}, segment accuracy {:.3f} ({} true segments)"
+              .format(a.subject, rec["recording"], rec["duration_s"], rec["frame_accuracy"], rec["segment_accuracy"],
+                      rec["true_segments"]))
+        print("  " + rec["summary"][:600] + (" ..." if len(rec["summary"]) > 600 else ""))
+        print("  timeline: " + rec["png"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--no-progress", action="store_true")
     al.set_defaults(func=cmd_align)
+    sm = sub.add_parser("summarize", help="summarize a subject's HAPT recordings with an aligned model")
+    sm.add_argument("--model", required=True, help="a `cloud-server align` output folder")
+    sm.add_argument("--subject", type=int, required=True)
+    sm.add_argument("--out", required=True)
+    sm.add_argument("--min-segment-s", type=float, default=5.0)
+    sm.set_defaults(func=cmd_summarize)
     rg = sub.add_parser("registry", help="administer a registry data dir: list, alias, pin, unpin, delete, gc")
     rg.add_argument("--data-dir", required=True)
     rsub = rg.add_subparsers(dest="action", required=True)
