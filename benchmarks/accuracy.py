@@ -1,0 +1,429 @@
+"""Accuracy and macro-F1 of Cosmo against every baseline, versus the amount of labels and of unlabeled data.
+
+* UCI HAPT (acc + gyro, 6 activities, subject-wise split with split seed 0): label rates 1 %, 2 %, 5 %,
+  10 %, 100 % of the training windows;
+* BasicMotions (acc + gyro, 4 activities): 1, 2, 4 labeled series per class. The archive has no subject
+  ids, so the original TRAIN/TEST split (``meta["original_split"]``) is used: test = the 40 TEST series,
+  validation = 2 TRAIN series per class (stratified, split seed 0), train = the other 32 TRAIN series;
+* methods: Cosmo (stage 1 + stage 2), SingleModal per modality, DeepSense, AttnSense (supervised), CMC
+  and CPC (pretrained, then the Cosmo classifier);
+* Figure 12 of the paper: Cosmo at one fixed label set (``--ratio-setting``) with stage 1 pretrained on
+  the unlabeled pool subsampled to ``ratio x`` the labeled count (``--ratios``; ``all`` = the whole pool).
+
+Fair by construction: for each (dataset, seed) every method sees the same splits, the same class-balanced
+labeled windows per setting, the same stage-2 ``Stage2Config`` (epochs, batch, learning rates) and model
+selection on the validation split only. The pretraining pool (Cosmo stage 1, CMC, CPC) is the training
+windows minus the union of the labeled sets of every setting below 100 % of that seed (for the 100 %
+setting every training window is labeled, so the pool necessarily overlaps it); each pretraining runs
+once per (dataset, seed) and is cached.
+
+Writes ``results.json``, ``report.md``, ``accuracy_vs_labels.png`` and ``unlabeled_ratio.png`` into
+``--out``; every run is cached there as JSON (encoders as ``.pt``), so an interrupted benchmark resumes.
+The cache is keyed by dataset, seed, setting and method, not by epochs: use a fresh ``--out`` when
+changing ``--s1-epochs``/``--s2-epochs``.
+
+    python benchmarks/accuracy.py --out results/accuracy                 # full: 3 seeds (hours here)
+    python benchmarks/accuracy.py --out results/accuracy-quick --quick   # a smoke run (about 10 min)
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cloud.quality import encoder_features, score_quality  # noqa: E402
+from shared.baselines import BASELINES, CMCConfig, CPCConfig, train_baseline  # noqa: E402
+from shared.data.basicmotions import load_basicmotions  # noqa: E402
+from shared.data.dataset import MultimodalDataset  # noqa: E402
+from shared.data.hapt import load_hapt  # noqa: E402
+from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
+from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,  # noqa: E402
+                             pretrain)
+from shared.training.common import write_json  # noqa: E402
+
+# (name, rate, per_class) per dataset
+SETTINGS = OrderedDict([
+    ("hapt", [("1%", 0.01, None), ("2%", 0.02, None), ("5%", 0.05, None), ("10%", 0.10, None),
+              ("100%", 1.0, None)]),
+    ("basicmotions", [("1/class", None, 1), ("2/class", None, 2), ("4/class", None, 4)]),
+])
+QUICK_SETTINGS = {"hapt": ["1%", "5%"], "basicmotions": ["1/class", "4/class"]}
+TITLES = {"hapt": "UCI HAPT (acc + gyro, 6 activities, subject-wise split)",
+          "basicmotions": "BasicMotions (acc + gyro, 4 activities, original TRAIN/TEST split)"}
+PRETRAINED = ("cmc", "cpc")
+SUPERVISED = ("deepsense", "attnsense")
+
+
+def _cached(path: str, fn: Callable[[], Any]) -> Any:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    out = fn()
+    write_json(path, out)
+    return out
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "per").replace("%", "pct").replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def prepare_dataset(name: str, seed: int = 0) -> Tuple[MultimodalDataset, MultimodalDataset, MultimodalDataset, str]:
+    """Normalized (train, val, test) for ``name`` and a sentence saying how they were split."""
+    if name == "hapt":
+        ds = load_hapt()
+        split = subject_split(ds, seed=seed)
+        train, val, test = split.train, split.val, split.test
+        how = "subject-wise split (split seed {}): {} train / {} val / {} test subjects".format(
+            seed, len(split.train_subjects), len(split.val_subjects), len(split.test_subjects))
+    elif name == "basicmotions":
+        ds = load_basicmotions()
+        orig = np.asarray(ds.meta["original_split"])
+        tr_idx, test_idx = np.flatnonzero(orig == "train"), np.flatnonzero(orig == "test")
+        rng = np.random.RandomState(seed)
+        val_idx = np.sort(np.concatenate([rng.choice(tr_idx[ds.labels[tr_idx] == c], 2, replace=False)
+                                          for c in range(ds.num_classes)]))
+        tr_idx = np.setdiff1d(tr_idx, val_idx)
+        train, val, test = ds.subset(tr_idx), ds.subset(val_idx), ds.subset(test_idx)
+        how = ("original TRAIN/TEST split (no subject ids: each series is its own subject); validation = 2 TRAIN "
+               "series per class (stratified, split seed {}); {} train / {} val / {} test series".format(
+                   seed, len(train), len(val), len(test)))
+    else:
+        raise SystemExit("unknown dataset {!r}; known: {}".format(name, list(SETTINGS)))
+    norm = Normalizer.fit(train)
+    return norm.apply(train), norm.apply(val), norm.apply(test), how
+
+
+def methods_for(train: MultimodalDataset) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(display name, baseline key or "cosmo", build kwargs) for every method."""
+    out = [("Cosmo", "cosmo", {})]  # type: List[Tuple[str, str, Dict[str, Any]]]
+    out += [("SingleModal ({})".format(m), "single_modal", {"modality": m, "out_steps": out_steps_for(train)})
+            for m in train.modalities]
+    out += [("DeepSense", "deepsense", {}), ("AttnSense", "attnsense", {}), ("CMC", "cmc", {}), ("CPC", "cpc", {})]
+    return out
+
+
+def out_steps_for(ds: MultimodalDataset, layers: int = 4) -> int:
+    """The largest encoder ``out_steps`` in (8, 6, 4, 3, 2) that every modality's window pools to evenly
+    (8, the default, on HAPT's 128 steps; 6 on BasicMotions' 100); the same for every method."""
+    for s in (8, 6, 4, 3, 2):
+        ok = True
+        for a in ds.x.values():
+            t = a.shape[1]
+            for _ in range(layers - 1):
+                if t // 2 >= s:
+                    t //= 2
+            ok = ok and t % s == 0
+        if ok:
+            return s
+    raise SystemExit("no encoder out_steps fits windows {}".format([a.shape[1] for a in ds.x.values()]))
+
+
+def _bs(default: int, n: int) -> int:
+    """A pretraining batch that fits a small pool (batches are drop_last)."""
+    return max(2, min(default, n))
+
+
+def _quality(encs: List[torch.nn.Module], unl: MultimodalDataset, num_classes: int, seed: int) -> Dict[str, Any]:
+    try:
+        return score_quality(encoder_features(encs, unl), num_classes, seed=seed).to_json()
+    except Exception as e:  # tiny pools (BasicMotions, small ratios): fall back to a uniform prior
+        return {"q": [1.0] * len(encs), "fallback": "uniform ({}: {})".format(type(e).__name__, e)}
+
+
+def _stage1(unl: MultimodalDataset, cfg: Stage1Config, out: str) -> Dict[str, Any]:
+    res = pretrain(unl, replace(cfg, batch_size=_bs(cfg.batch_size, len(unl))), out, progress=False)
+    return {"seconds": res["seconds"], "loss": res["history"][-1]["loss"], "windows": len(unl)}
+
+
+def _pretrain_baseline(key: str, unl: MultimodalDataset, epochs: int, seed: int, path: str) -> Dict[str, Any]:
+    cls = CMCConfig if key == "cmc" else CPCConfig
+    cfg = cls(epochs=epochs, seed=seed, out_steps=out_steps_for(unl))
+    cfg = replace(cfg, batch_size=_bs(cfg.batch_size, len(unl)))
+    hist = []  # type: List[Dict[str, Any]]
+    t0 = time.time()
+    encs = BASELINES[key].pretrain(unl, cfg, progress=False, on_epoch=hist.append)
+    torch.save(encs, path)
+    return {"seconds": time.time() - t0, "loss": hist[-1].get("loss") if hist else None, "windows": len(unl)}
+
+
+def _load_modules(path: str) -> List[torch.nn.Module]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _result(res: Dict[str, Any], test: MultimodalDataset, lab: MultimodalDataset) -> Dict[str, Any]:
+    t = evaluate(res["model"], test)
+    return {"val": {k: res["val"][k] for k in ("accuracy", "macro_f1")},
+            "test": {k: t[k] for k in ("accuracy", "macro_f1")}, "best_epoch": res["best_epoch"],
+            "seconds": res["seconds"], "labeled": len(lab),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"}
+
+
+def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
+                lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
+                cfg: Stage2Config) -> Dict[str, Any]:
+    if key == "cosmo":
+        assert enc_path is not None
+        res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False)
+    elif key in PRETRAINED:  # what train_baseline does, with the pretrained encoders cached once per seed
+        assert enc_path is not None
+        res = finetune(_load_modules(enc_path), lab, val, cfg, quality=q, progress=False)
+    else:
+        res = train_baseline(key, lab, val, cfg, progress=False, **kw)
+    return _result(res, test, lab)
+
+
+def main(argv: Any = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/accuracy")
+    ap.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--s1-epochs", type=int, default=Stage1Config().epochs,
+                    help="stage-1 epochs; also the CMC and CPC pretraining epochs")
+    ap.add_argument("--s2-epochs", type=int, default=Stage2Config().epochs, help="stage-2 epochs, every method")
+    ap.add_argument("--ratio-dataset", default="hapt", help="dataset of the unlabeled-ratio sweep ('none': skip)")
+    ap.add_argument("--ratio-setting", default="1%", help="label setting of the unlabeled-ratio sweep")
+    ap.add_argument("--ratios", nargs="+", default=["1", "5", "20", "all"],
+                    help="unlabeled windows as a multiple of the labeled count ('all': the whole pool)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--quick", action="store_true",
+                    help="HAPT 1%% and 5%%, BasicMotions 1 and 4 per class, 1 seed, few epochs, ratios 1, 5, all")
+    ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    settings = OrderedDict((d, list(SETTINGS[d])) for d in a.datasets)
+    if a.quick:
+        a.seeds, a.s1_epochs, a.s2_epochs, a.ratios = [0], 3, 20, ["1", "5", "all"]
+        settings = OrderedDict((d, [s for s in SETTINGS[d] if s[0] in QUICK_SETTINGS[d]]) for d in a.datasets)
+    do_ratio = a.ratio_dataset in settings and any(s[0] == a.ratio_setting for s in settings[a.ratio_dataset])
+    from tqdm import tqdm
+
+    os.makedirs(a.out, exist_ok=True)
+    t_start = time.time()
+    data = OrderedDict((d, prepare_dataset(d)) for d in settings)
+    n_methods = {d: len(methods_for(data[d][0])) for d in settings}
+    total = sum(len(a.seeds) * (1 + len(PRETRAINED) + len(settings[d]) * n_methods[d]) for d in settings)
+    total += len(a.seeds) * sum(r != "all" for r in a.ratios) if do_ratio else 0
+    bar = tqdm(total=total, desc="accuracy", unit="run")
+    runs = OrderedDict()  # type: Dict[str, Any]
+    failures = []  # type: List[str]
+    s2cfg = Stage2Config(epochs=a.s2_epochs, fusion="concat")
+    for d, sets in settings.items():
+        train, val, test, _ = data[d]
+        for seed in a.seeds:
+            root = os.path.join(a.out, d, "seed{}".format(seed))
+            all_labeled = OrderedDict((name, sample_labels(train.labels, train.num_classes, rate=rate, per_class=k,
+                                                           seed=seed)) for name, rate, k in SETTINGS[d])
+            partial_sets = [v for n, v in all_labeled.items() if len(v) < len(train)]
+            held = np.unique(np.concatenate(partial_sets))
+            mask = np.ones(len(train), bool)
+            mask[held] = False
+            unl = train.subset(np.flatnonzero(mask))
+            unl = unl.with_labels(np.full(len(unl), -1, np.int64))
+            # pretraining, once per (dataset, seed)
+            enc = {}  # type: Dict[str, str]
+            qual = {}  # type: Dict[str, List[float]]
+            s1dir = os.path.join(root, "stage1")
+            enc["cosmo"] = os.path.join(s1dir, "encoders.pt")
+            bar.set_postfix_str("{} seed {} stage 1".format(d, seed))
+            runs["pretrain|{}|cosmo|{}".format(d, seed)] = _cached(
+                os.path.join(s1dir, "summary.json"), partial(_stage1, unl, Stage1Config(
+                    epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)), s1dir))
+            q = _cached(os.path.join(s1dir, "quality.json"),
+                        lambda: _quality(load_encoder_bundle(enc["cosmo"]), unl, train.num_classes, seed))  # noqa: B023
+            qual["cosmo"] = q["q"]
+            runs["quality|{}|cosmo|{}".format(d, seed)] = q
+            bar.update(1)
+            for key in PRETRAINED:
+                bar.set_postfix_str("{} seed {} {} pretraining".format(d, seed, key))
+                enc[key] = os.path.join(root, key, "encoders.pt")
+                os.makedirs(os.path.dirname(enc[key]), exist_ok=True)
+                summ = os.path.join(root, key, "summary.json")
+                if os.path.isfile(summ) and not os.path.isfile(enc[key]):
+                    os.remove(summ)
+                runs["pretrain|{}|{}|{}".format(d, key, seed)] = _cached(
+                    summ, partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
+                q = _cached(os.path.join(root, key, "quality.json"),
+                            lambda: _quality(_load_modules(enc[key]), unl, train.num_classes, seed))  # noqa: B023
+                qual[key] = q["q"]
+                runs["quality|{}|{}|{}".format(d, key, seed)] = q
+                bar.update(1)
+            # stage 2 / supervised training, every method on the same labels and budget
+            cfg = replace(s2cfg, seed=seed)
+            for name, _, _ in sets:
+                lab = train.subset(all_labeled[name])
+                for disp, key, kw in methods_for(train):
+                    bar.set_postfix_str("{} seed {} {} {}".format(d, seed, name, disp))
+                    path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
+                    try:
+                        r = _cached(path, partial(_run_method, key, kw, enc.get(key), qual.get(key), lab, val, test,
+                                                  cfg))
+                        runs["{}|{}|{}|{}".format(d, name, disp, seed)] = r
+                    except Exception as e:  # keep going; the report marks the missing cell
+                        failures.append("{} {} {} seed {}: {}: {}".format(d, name, disp, seed, type(e).__name__, e))
+                    bar.update(1)
+            # Figure 12: Cosmo with stage 1 on a subsampled unlabeled pool
+            if do_ratio and d == a.ratio_dataset:
+                lab = train.subset(all_labeled[a.ratio_setting])
+                for ratio in a.ratios:
+                    key = "ratio|{}|{}|{}".format(d, ratio, seed)
+                    if ratio == "all":
+                        main_run = runs.get("{}|{}|Cosmo|{}".format(d, a.ratio_setting, seed))
+                        if main_run is not None:
+                            runs[key] = dict(main_run, unlabeled=len(unl))
+                        continue
+                    bar.set_postfix_str("{} seed {} unlabeled x{}".format(d, seed, ratio))
+                    try:
+                        runs[key] = _ratio_run(float(ratio), unl, lab, val, test, train.num_classes, seed, a, cfg,
+                                               os.path.join(root, "ratio{}".format(_slug(ratio))))
+                    except Exception as e:
+                        failures.append("{} ratio {} seed {}: {}: {}".format(d, ratio, seed, type(e).__name__, e))
+                    bar.update(1)
+    bar.close()
+    if a.no_report:
+        return 0
+    report = _report(runs, settings, data, a, do_ratio, failures, time.time() - t_start)
+    write_json(os.path.join(a.out, "results.json"), {"args": vars(a), "runs": runs, "tables": report["tables"],
+                                                     "ratio_table": report["ratio_table"], "failures": failures})
+    with open(os.path.join(a.out, "report.md"), "w") as f:
+        f.write(report["markdown"])
+    _plot_labels(report["tables"], os.path.join(a.out, "accuracy_vs_labels.png"))
+    if report["ratio_table"]:
+        _plot_ratio(report["ratio_table"], a, os.path.join(a.out, "unlabeled_ratio.png"))
+    print(report["markdown"])
+    return 1 if failures else 0
+
+
+def _ratio_run(ratio: float, unl: MultimodalDataset, lab: MultimodalDataset, val: MultimodalDataset,
+               test: MultimodalDataset, num_classes: int, seed: int, a: Any, cfg: Stage2Config, out: str
+               ) -> Dict[str, Any]:
+    n = int(min(len(unl), max(2, round(ratio * len(lab)))))
+    sub = unl.subset(np.sort(np.random.RandomState(seed).choice(len(unl), n, replace=False)))
+    s1 = _cached(os.path.join(out, "summary.json"),
+                 partial(_stage1, sub, Stage1Config(epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(sub)), out))
+    enc_path = os.path.join(out, "encoders.pt")
+    q = _cached(os.path.join(out, "quality.json"),
+                lambda: _quality(load_encoder_bundle(enc_path), sub, num_classes, seed))
+    r = _cached(os.path.join(out, "s2.json"), partial(_run_method, "cosmo", {}, enc_path, q["q"], lab, val, test, cfg))
+    return dict(r, unlabeled=n, stage1=s1)
+
+
+def _ms(v: List[float]) -> str:
+    if not v:
+        return "–"
+    return "{:.1f} ± {:.1f}".format(100 * np.mean(v), 100 * np.std(v))
+
+
+def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bool, failures: List[str],
+            seconds: float) -> Dict[str, Any]:
+    tables = OrderedDict()  # type: Dict[str, Any]
+    devices = sorted({r["device"] for r in runs.values() if isinstance(r, dict) and "device" in r}) or ["?"]
+    compute = sum(r.get("seconds", 0.0) for r in runs.values() if isinstance(r, dict))
+    compute += sum(r["stage1"]["seconds"] for k, r in runs.items() if k.startswith("ratio|") and "stage1" in r)
+    lines = ["# Accuracy of Cosmo against the baselines", "",
+             "Test accuracy / macro-F1 in %, mean ± std over seeds {} (n per cell in the JSON); pretraining "
+             "(Cosmo stage 1, CMC, CPC): {} epochs once per dataset and seed; stage 2 / supervised training: {} epochs, "
+             "the same Stage2Config for every method, model chosen on validation; ran on {}: {:.0f} s of training "
+             "in all runs (cached ones included), {:.0f} s in this invocation.".format(
+                 a.seeds, a.s1_epochs, a.s2_epochs, ", ".join(devices), compute, seconds), ""]
+    for d, sets in settings.items():
+        train, _, _, how = data[d]
+        methods = [m[0] for m in methods_for(train)]
+        rows = []
+        for name, _, _ in sets:
+            row = OrderedDict([("setting", name)])  # type: Dict[str, Any]
+            for m in methods:
+                rs = [runs[k] for k in ("{}|{}|{}|{}".format(d, name, m, s) for s in a.seeds) if k in runs]
+                row[m] = {"accuracy": [r["test"]["accuracy"] for r in rs], "macro_f1": [r["test"]["macro_f1"] for r in rs],
+                          "labeled": rs[0]["labeled"] if rs else None}
+            rows.append(row)
+        tables[d] = {"methods": methods, "rows": rows}
+        pools = [runs["pretrain|{}|cosmo|{}".format(d, s)]["windows"] for s in a.seeds]
+        lines += ["## {}".format(TITLES[d]), "", "Split: {}. Pretraining pool: {} unlabeled windows per seed "
+                  "(training windows minus every labeled set below 100 %).".format(how, pools), ""]
+        for metric, label in (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1")):
+            lines += ["{} (%):".format(label), "",
+                      "| labels | windows | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+            for row in rows:
+                lab = next((row[m]["labeled"] for m in methods if row[m]["labeled"] is not None), "?")
+                lines.append("| {} | {} | ".format(row["setting"], lab) +
+                             " | ".join(_ms(row[m][metric]) for m in methods) + " |")
+            lines.append("")
+    ratio_table = []  # type: List[Dict[str, Any]]
+    if do_ratio:
+        for ratio in a.ratios:
+            rs = [runs[k] for k in ("ratio|{}|{}|{}".format(a.ratio_dataset, ratio, s) for s in a.seeds) if k in runs]
+            if rs:
+                ratio_table.append({"ratio": ratio, "unlabeled": [r["unlabeled"] for r in rs],
+                                    "accuracy": [r["test"]["accuracy"] for r in rs],
+                                    "macro_f1": [r["test"]["macro_f1"] for r in rs]})
+        lines += ["## Accuracy versus the amount of unlabeled data (cf. the paper's Figure 12)", "",
+                  "Cosmo on {} at {} labels; stage 1 on the unlabeled pool subsampled (seeded) to the ratio times the "
+                  "labeled count ('all': the whole pool, the run of the table above).".format(
+                      a.ratio_dataset, a.ratio_setting), "",
+                  "| unlabeled : labeled | unlabeled windows | accuracy | macro-F1 |", "|---|---|---|---|"]
+        for r in ratio_table:
+            lines.append("| {} | {} | {} | {} |".format(r["ratio"], ",".join(str(u) for u in r["unlabeled"]),
+                                                       _ms(r["accuracy"]), _ms(r["macro_f1"])))
+        lines.append("")
+    if failures:
+        lines += ["## Failed runs", ""] + ["* " + f for f in failures] + [""]
+    return {"tables": tables, "ratio_table": ratio_table, "markdown": "\n".join(lines)}
+
+
+def _plot_labels(tables: Dict[str, Any], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    for ax, (d, t) in zip(axes[0], tables.items()):
+        x = np.arange(len(t["rows"]))
+        for m in t["methods"]:
+            acc = [100 * np.mean(r[m]["accuracy"]) if r[m]["accuracy"] else np.nan for r in t["rows"]]
+            err = [100 * np.std(r[m]["accuracy"]) if r[m]["accuracy"] else 0 for r in t["rows"]]
+            ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, label=m, lw=2.5 if m == "Cosmo" else 1.2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([r["setting"] for r in t["rows"]])
+        ax.set_xlabel("labels")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(TITLES[d].split(" (")[0])
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_ratio(rows: List[Dict[str, Any]], a: Any, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(rows))
+    ax.errorbar(x, [100 * np.mean(r["accuracy"]) for r in rows], yerr=[100 * np.std(r["accuracy"]) for r in rows],
+                marker="o", capsize=3, label="accuracy")
+    ax.errorbar(x, [100 * np.mean(r["macro_f1"]) for r in rows], yerr=[100 * np.std(r["macro_f1"]) for r in rows],
+                marker="s", capsize=3, label="macro-F1")
+    ax.set_xticks(x)
+    ax.set_xticklabels(["{}\n({})".format(r["ratio"], int(np.mean(r["unlabeled"]))) for r in rows])
+    ax.set_xlabel("unlabeled : labeled (unlabeled windows)")
+    ax.set_ylabel("test (%)")
+    ax.set_title("Cosmo, {} at {} labels".format(a.ratio_dataset, a.ratio_setting))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
