@@ -262,3 +262,40 @@ def test_token_health_and_reflection(tmp_path):
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         srv.stop(grace=1)
+
+
+def _self_signed(tmp_path, name):
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / (name + ".key"), tmp_path / (name + ".crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_tls_and_mutual_tls(tmp_path):
+    from cloud.server import credentials
+    cert, key = _self_signed(tmp_path, "server")
+    srv = CloudServer(str(tmp_path / "d"), "127.0.0.1:0", tls=credentials(cert, key, None))
+    target = "localhost:{}".format(srv.start())
+    try:
+        ok = connect(target, ca=cert)
+        assert list(ModelRegistryStub(ok).ListModels(pb.ListModelsRequest(), timeout=10).versions) == []
+        code, _ = _code(ModelRegistryStub(grpc.insecure_channel(target)).ListModels, pb.ListModelsRequest(),
+                        timeout=5)
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+    finally:
+        srv.stop(grace=1)
+    ccert, ckey = _self_signed(tmp_path, "client")
+    srv = CloudServer(str(tmp_path / "d2"), "127.0.0.1:0", tls=credentials(cert, key, ccert))
+    target = "localhost:{}".format(srv.start())
+    try:
+        mutual = connect(target, ca=cert, cert=ccert, key=ckey)
+        assert list(ModelRegistryStub(mutual).ListModels(pb.ListModelsRequest(), timeout=10).versions) == []
+        code, _ = _code(ModelRegistryStub(connect(target, ca=cert)).ListModels, pb.ListModelsRequest(), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE  # no client certificate: the handshake fails
+    finally:
+        srv.stop(grace=1)
