@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import MultimodalDataset
+from ..models.classifier import CosmoModel
 from .deepsense import IntervalSensorEncoder
 
 
@@ -53,19 +54,10 @@ class AttnSenseHead(nn.Module):
         return self.head(c), a.mean(1)
 
 
-class AttnSenseModel(nn.Module):
+class AttnSenseModel(CosmoModel):
     """``.encoders`` (one ``IntervalSensorEncoder`` per modality) + ``.classifier`` (``AttnSenseHead``);
-    ``forward(xs, present=None) -> (logits [B, K], beta [B, M])``, beta = mean sensor attention."""
-
-    def __init__(self, encoders: Sequence[nn.Module], classifier: AttnSenseHead, modalities: Sequence[str]) -> None:
-        super().__init__()
-        self.modalities = list(modalities)
-        self.encoders = nn.ModuleList(encoders)
-        self.classifier = classifier
-
-    def forward(self, xs: List[torch.Tensor], present: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.classifier([e(x) for e, x in zip(self.encoders, xs)], present)
+    ``forward(xs, present=None) -> (logits [B, K], beta [B, M])``, beta = mean sensor attention. The
+    wiring is ``CosmoModel``'s; only the parts differ."""
 
 
 def build_attnsense(ds: MultimodalDataset, config: object, intervals: int = 8, widths: Sequence[int] = (32, 32, 32),

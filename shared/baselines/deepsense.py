@@ -35,6 +35,18 @@ from torch import nn
 
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError
+from ..models.classifier import CosmoModel
+
+
+def conv_stack(c_in: int, widths: Sequence[int], kernel: int, dropout: float) -> Tuple[nn.Sequential, int]:
+    """``[Conv1d(no bias) -> BN -> ReLU] x len(widths)`` then dropout; returns the stack and its width."""
+    layers = []  # type: List[nn.Module]
+    for w in widths:
+        layers += [nn.Conv1d(c_in, w, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(w),
+                   nn.ReLU(inplace=True)]
+        c_in = w
+    layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers), c_in
 
 
 class IntervalSensorEncoder(nn.Module):
@@ -52,13 +64,7 @@ class IntervalSensorEncoder(nn.Module):
         self.intervals, self.tau, self.fft = intervals, window // intervals, fft
         bins = self.tau // 2 + 1 if fft else self.tau
         c_in = 2 * in_channels if fft else in_channels
-        layers = []  # type: List[nn.Module]
-        for w in widths:
-            layers += [nn.Conv1d(c_in, w, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(w),
-                       nn.ReLU(inplace=True)]
-            c_in = w
-        layers.append(nn.Dropout(dropout))
-        self.net = nn.Sequential(*layers)
+        self.net, c_in = conv_stack(c_in, widths, kernel, dropout)
         self.out = nn.Linear(c_in * bins, sensor_dim)
         self.out_steps, self.out_features = intervals, sensor_dim
         self.feature_dim = intervals * sensor_dim
@@ -81,14 +87,7 @@ class DeepSenseMerge(nn.Module):
                  merge_widths: Sequence[int] = (32, 32, 32), kernel: int = 3, gru_hidden: int = 64,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        layers = []  # type: List[nn.Module]
-        c_in = num_modalities
-        for w in merge_widths:
-            layers += [nn.Conv1d(c_in, w, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(w),
-                       nn.ReLU(inplace=True)]
-            c_in = w
-        layers.append(nn.Dropout(dropout))
-        self.merge = nn.Sequential(*layers)
+        self.merge, c_in = conv_stack(num_modalities, merge_widths, kernel, dropout)
         self.reduce = nn.Linear(c_in * sensor_dim, gru_hidden)
         self.gru = nn.GRU(gru_hidden, gru_hidden, batch_first=True)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(gru_hidden, num_classes))
@@ -109,19 +108,10 @@ class DeepSenseMerge(nn.Module):
         return self.head(out.mean(1)), beta
 
 
-class DeepSenseModel(nn.Module):
+class DeepSenseModel(CosmoModel):
     """``.encoders`` (one ``IntervalSensorEncoder`` per modality) + ``.classifier`` (``DeepSenseMerge``);
-    ``forward(xs, present=None) -> (logits [B, K], beta [B, M])`` with ``beta`` uniform."""
-
-    def __init__(self, encoders: Sequence[nn.Module], classifier: DeepSenseMerge, modalities: Sequence[str]) -> None:
-        super().__init__()
-        self.modalities = list(modalities)
-        self.encoders = nn.ModuleList(encoders)
-        self.classifier = classifier
-
-    def forward(self, xs: List[torch.Tensor], present: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.classifier([e(x) for e, x in zip(self.encoders, xs)], present)
+    ``forward(xs, present=None) -> (logits [B, K], beta [B, M])`` with ``beta`` uniform. The wiring is
+    ``CosmoModel``'s; only the parts differ."""
 
 
 def build_deepsense(ds: MultimodalDataset, config: object, intervals: int = 8,

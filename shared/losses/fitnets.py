@@ -30,8 +30,8 @@ class FitNetsLoss(nn.Module):
         if self.regressor is not None:
             student = self.regressor(student)
         if student.shape != teacher.shape:
-            raise ValueError("FitNetsLoss: regressed student {} and teacher {} differ in shape (pass a regressor)"
-                             .format(tuple(student.shape), tuple(teacher.shape)))
+            raise ValueError("{}: regressed student {} and teacher {} differ in shape (pass a regressor)"
+                             .format(type(self).__name__, tuple(student.shape), tuple(teacher.shape)))
         return F.mse_loss(student, teacher.detach())
 
 
