@@ -22,7 +22,8 @@ Writes ``results.json``, ``report.md``, ``accuracy_vs_labels.png`` and ``unlabel
 The cache is keyed by dataset, seed, setting and method, not by epochs: use a fresh ``--out`` when
 changing ``--s1-epochs``/``--s2-epochs``.
 
-    python benchmarks/accuracy.py --out results/accuracy                 # full: 3 seeds (hours here)
+    python benchmarks/accuracy.py --out results/accuracy                 # 3 seeds, no step cap (many hours here)
+    python benchmarks/suite.py                                           # the suite's full run (capped steps)
     python benchmarks/accuracy.py --out results/accuracy-quick --quick   # a smoke run (about 10 min)
 """
 import argparse
@@ -167,6 +168,18 @@ def _result(res: Dict[str, Any], test: MultimodalDataset, lab: MultimodalDataset
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"}
 
 
+def budget(cfg: Stage2Config, labeled: int, max_steps: int) -> Stage2Config:
+    """The stage-2 config of one label setting: ``cfg.epochs``, capped so that the run takes at most
+    about ``max_steps`` optimizer steps (0: no cap) but at least 4 epochs; ``t_iter`` shrinks with a capped
+    run (``epochs // 4``, at least 1) so the iterative schedule still alternates encoder and classifier
+    epochs. The same for every method of a setting, so the budget stays equal."""
+    if max_steps <= 0:
+        return cfg
+    per_epoch = max(1, -(-labeled // cfg.batch_size))
+    epochs = min(cfg.epochs, max(4, -(-max_steps // per_epoch)))
+    return replace(cfg, epochs=epochs, t_iter=max(1, min(cfg.t_iter, epochs // 4)))
+
+
 def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
                 lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
                 cfg: Stage2Config) -> Dict[str, Any]:
@@ -189,6 +202,8 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--s1-epochs", type=int, default=Stage1Config().epochs,
                     help="stage-1 epochs; also the CMC and CPC pretraining epochs")
     ap.add_argument("--s2-epochs", type=int, default=Stage2Config().epochs, help="stage-2 epochs, every method")
+    ap.add_argument("--s2-max-steps", type=int, default=0,
+                    help="cap on stage-2 optimizer steps per run (0: none); see budget()")
     ap.add_argument("--ratio-dataset", default="hapt", help="dataset of the unlabeled-ratio sweep ('none': skip)")
     ap.add_argument("--ratio-setting", default="1%", help="label setting of the unlabeled-ratio sweep")
     ap.add_argument("--ratios", nargs="+", default=["1", "5", "20", "all"],
@@ -261,12 +276,14 @@ def main(argv: Any = None) -> int:
             cfg = replace(s2cfg, seed=seed)
             for name, _, _ in sets:
                 lab = train.subset(all_labeled[name])
+                scfg = budget(cfg, len(lab), a.s2_max_steps)
                 for disp, key, kw in methods_for(train):
                     bar.set_postfix_str("{} seed {} {} {}".format(d, seed, name, disp))
                     path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
                     try:
                         r = _cached(path, partial(_run_method, key, kw, enc.get(key), qual.get(key), lab, val, test,
-                                                  cfg))
+                                                  scfg))
+                        r.setdefault("epochs", scfg.epochs)
                         runs["{}|{}|{}|{}".format(d, name, disp, seed)] = r
                     except Exception as e:  # keep going; the report marks the missing cell
                         failures.append("{} {} {} seed {}: {}: {}".format(d, name, disp, seed, type(e).__name__, e))
@@ -283,7 +300,8 @@ def main(argv: Any = None) -> int:
                         continue
                     bar.set_postfix_str("{} seed {} unlabeled x{}".format(d, seed, ratio))
                     try:
-                        runs[key] = _ratio_run(float(ratio), unl, lab, val, test, train.num_classes, seed, a, cfg,
+                        runs[key] = _ratio_run(float(ratio), unl, lab, val, test, train.num_classes, seed, a,
+                                               budget(cfg, len(lab), a.s2_max_steps),
                                                os.path.join(root, "ratio{}".format(_slug(ratio))))
                     except Exception as e:
                         failures.append("{} ratio {} seed {}: {}: {}".format(d, ratio, seed, type(e).__name__, e))
@@ -331,10 +349,13 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
     compute += sum(r["stage1"]["seconds"] for k, r in runs.items() if k.startswith("ratio|") and "stage1" in r)
     lines = ["# Accuracy of Cosmo against the baselines", "",
              "Test accuracy / macro-F1 in %, mean ± std over seeds {} (n per cell in the JSON); pretraining "
-             "(Cosmo stage 1, CMC, CPC): {} epochs once per dataset and seed; stage 2 / supervised training: {} epochs, "
-             "the same Stage2Config for every method, model chosen on validation; ran on {}: {:.0f} s of training "
-             "in all runs (cached ones included), {:.0f} s in this invocation.".format(
-                 a.seeds, a.s1_epochs, a.s2_epochs, ", ".join(devices), compute, seconds), ""]
+             "(Cosmo stage 1, CMC, CPC): {} epochs once per dataset and seed; stage 2 / supervised training: {} epochs{}, "
+             "the same Stage2Config for every method of a setting, model chosen on validation; ran on {}: {:.0f} s of "
+             "training in all runs (cached ones included), {:.0f} s in this invocation.".format(
+                 a.seeds, a.s1_epochs, a.s2_epochs,
+                 " capped at about {} optimizer steps per run (at least 4 epochs; column 'epochs')".format(
+                     a.s2_max_steps) if getattr(a, "s2_max_steps", 0) else "",
+                 ", ".join(devices), compute, seconds), ""]
     for d, sets in settings.items():
         train, _, _, how = data[d]
         methods = [m[0] for m in methods_for(train)]
@@ -344,7 +365,9 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
             for m in methods:
                 rs = [runs[k] for k in ("{}|{}|{}|{}".format(d, name, m, s) for s in a.seeds) if k in runs]
                 row[m] = {"accuracy": [r["test"]["accuracy"] for r in rs], "macro_f1": [r["test"]["macro_f1"] for r in rs],
-                          "labeled": rs[0]["labeled"] if rs else None}
+                          "labeled": rs[0]["labeled"] if rs else None,
+                          "epochs": rs[0].get("epochs", a.s2_epochs) if rs else None,
+                          "seconds": [r["seconds"] for r in rs]}
             rows.append(row)
         tables[d] = {"methods": methods, "rows": rows}
         pools = [runs["pretrain|{}|cosmo|{}".format(d, s)]["windows"] for s in a.seeds]
@@ -352,10 +375,12 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                   "(training windows minus every labeled set below 100 %).".format(how, pools), ""]
         for metric, label in (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1")):
             lines += ["{} (%):".format(label), "",
-                      "| labels | windows | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+                      "| labels | windows | epochs | " + " | ".join(methods) + " |",
+                      "|---|---|---|" + "---|" * len(methods)]
             for row in rows:
                 lab = next((row[m]["labeled"] for m in methods if row[m]["labeled"] is not None), "?")
-                lines.append("| {} | {} | ".format(row["setting"], lab) +
+                ep = next((row[m]["epochs"] for m in methods if row[m]["epochs"] is not None), "?")
+                lines.append("| {} | {} | {} | ".format(row["setting"], lab, ep) +
                              " | ".join(_ms(row[m][metric]) for m in methods) + " |")
             lines.append("")
     ratio_table = []  # type: List[Dict[str, Any]]

@@ -5,10 +5,13 @@ train the IMU encoder (``shared.training.align``), evaluate retrieval and zero-s
 Modalities are concatenated along channels into one IMU window (acc + gyro -> 6 channels), normalized
 with training-subject statistics; texts are described from the raw windows (``narrate``).
 """
+import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,10 +20,11 @@ from shared.data.dataset import MultimodalDataset
 from shared.data.narration import narrate, phrases_for
 from shared.data.splits import Normalizer, subject_split
 from shared.errors import DataError
+from shared.manifest import MANIFEST, file_entry, input_schema, new_manifest
 from shared.retrieval import class_map, retrieval_metrics, zero_shot
 from shared.text import TextEncoder
 from shared.training.align import AlignConfig, embed, train_alignment
-from shared.training.common import config_dict, save_torch_atomic, write_json
+from shared.training.common import config_dict, save_torch_atomic, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,21 @@ def _tsne_png(emb: np.ndarray, labels: np.ndarray, names: List[str], path: str, 
     plt.close(fig)
 
 
+def _cap(ds: MultimodalDataset, n: int, seed: int) -> MultimodalDataset:
+    """A seeded random subset of at most ``n`` windows (0: all), in the original order."""
+    if n <= 0 or len(ds) <= n:
+        return ds
+    return ds.subset(np.sort(np.random.RandomState(seed).choice(len(ds), n, replace=False)))
+
+
 def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEncoder,
               holdout: Sequence[str] = (), pool: int = 320, split_seed: int = 0, plot: bool = True,
-              progress: bool = False) -> Dict[str, Any]:
-    """The whole alignment experiment into ``out``; returns the results dict (also ``results.json``)."""
+              progress: bool = False, max_windows: int = 0,
+              on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """The whole alignment experiment into ``out``; returns the results dict (also ``results.json``).
+
+    ``max_windows`` > 0 caps every split (train, val, test) at that many windows, a seeded random subset
+    of the subject-wise split (a small real run, e.g. for tests)."""
     ds = load_named(dataset)
     unknown = [c for c in holdout if c not in ds.class_names]
     if unknown:
@@ -75,7 +90,7 @@ def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEnc
     norm = Normalizer.fit(split.train)
     parts = OrderedDict()
     for name, d in (("train", split.train), ("val", split.val), ("test", split.test)):
-        nd = narrate(d, seed=config.seed)
+        nd = narrate(_cap(d, max_windows, config.seed), seed=config.seed)
         parts[name] = (imu_array(norm.apply(nd.data)), nd.texts, nd.data.labels)
     held = [ds.class_names.index(c) for c in holdout]
     keep = ~np.isin(parts["train"][2], held)
@@ -83,7 +98,7 @@ def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEnc
     vkeep = ~np.isin(parts["val"][2], held)
     x_va, t_va = parts["val"][0][vkeep], [t for t, k in zip(parts["val"][1], vkeep) if k]
     e_tr, e_va = text_encoder.encode(t_tr), text_encoder.encode(t_va)
-    res = train_alignment(x_tr, e_tr, x_va, e_va, config, progress=progress)
+    res = train_alignment(x_tr, e_tr, x_va, e_va, config, progress=progress, on_epoch=on_epoch)
     model = res["model"]
     x_te, t_te, y_te = parts["test"]
     imu_te, txt_te = embed(model, x_te), text_encoder.encode(t_te)
@@ -114,7 +129,9 @@ def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEnc
                        "config": config_dict(config), "text_encoder": text_encoder.name,
                        "modalities": list(ds.modalities), "normalization": norm.to_json(),
                        "class_names": list(ds.class_names), "window": int(x_tr.shape[1]),
-                       "channels": int(x_tr.shape[2]), "text_dim": int(e_tr.shape[1])},
+                       "channels": int(x_tr.shape[2]), "text_dim": int(e_tr.shape[1]),
+                       "input_schema": input_schema(split.train, norm), "dataset": dataset,
+                       "holdout": list(holdout)},
                       os.path.join(out, "aligned_imu.pt"))
     write_json(os.path.join(out, "results.json"), results)
     if plot:
@@ -222,3 +239,120 @@ def _timeline_png(true: np.ndarray, pred: np.ndarray, names: List[str], rate: fl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# AlignConfig values the CLI and the ``align`` job use unless told otherwise
+ALIGN_DEFAULTS = OrderedDict([("encoder", "conv1d"), ("encoder_config", {"widths": [64, 64, 64, 32], "out_steps": 8}),
+                              ("optimizer", "adam"), ("lr", 1e-3)])
+
+
+# ------------------------------------------------------------------------------ publishing to edges
+ALIGNED_PT = "aligned_imu.pt"
+ALIGNED_ONNX = "aligned_imu.onnx"
+PROMPTS = "class_prompts.npy"
+TEXT_FOLDER = "text"
+DEFAULT_ALIGNED_NAME = "cosmo-aligned"
+
+
+def text_encoder_folder(cache_root: str, encoder: Any) -> str:
+    """The text encoder exported for edges (ONNX + vocab, ``cloud.text_export``), exported once per
+    encoder name under ``cache_root`` and reused by every later version (the blob store dedups it)."""
+    from .text_export import export_text_encoder
+
+    folder = os.path.join(cache_root, encoder.name.replace("/", "__"))
+    if not os.path.isfile(os.path.join(folder, "text_encoder.json")):  # the export is atomic: json = complete
+        log.info("exporting text encoder %s to ONNX into %s", encoder.name, folder)
+        export_text_encoder(encoder, folder)
+    return folder
+
+
+def export_aligned(model_dir: str, out: str, text_folder: str, name: str = DEFAULT_ALIGNED_NAME,
+                   tolerance: float = 1e-4) -> Dict[str, Any]:
+    """A publishable aligned version in ``out`` from a ``run_align`` folder; returns its manifest.
+
+    Files: ``aligned_imu.onnx`` (input ``imu`` [N, T, sum C], every modality normalized with its
+    ``input_schema`` statistics and concatenated along channels in schema order; output ``embedding``
+    [N, D] unit norm; opset 13, checked against torch within ``tolerance``), ``aligned_imu.pt``,
+    ``class_prompts.npy`` ([K, D] zero-shot prompts, embedded with the exported ONNX text encoder, the one
+    the edge runs) and ``text/`` (the text encoder). The folder is built beside ``out`` and renamed into
+    place, so a failure leaves no half version.
+    """
+    import torch
+
+    from shared.export import export_onnx
+    from shared.text import OnnxTextEncoder
+
+    model, ck = load_aligned(os.path.join(model_dir, ALIGNED_PT))
+    if "input_schema" not in ck:
+        raise DataError("{}: made by an older cloud-server align (no input_schema); re-run the alignment".format(
+            os.path.join(model_dir, ALIGNED_PT)))
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".aligned-", dir=parent)
+    try:
+        shutil.copyfile(os.path.join(model_dir, ALIGNED_PT), os.path.join(tmp, ALIGNED_PT))
+        x = torch.from_numpy(np.random.RandomState(0).randn(4, int(ck["window"]), int(ck["channels"])).astype(np.float32))
+        export_onnx(model, [x[:1]], os.path.join(tmp, ALIGNED_ONNX), input_names=["imu"], output_names=["embedding"])
+        diff = _onnx_parity(os.path.join(tmp, ALIGNED_ONNX), model, x)
+        if diff > tolerance:
+            raise DataError("{}: ONNX output differs from torch by {:.2e} (> {:.0e})".format(ALIGNED_ONNX, diff,
+                                                                                          tolerance))
+        shutil.copytree(text_folder, os.path.join(tmp, TEXT_FOLDER))
+        text = OnnxTextEncoder(os.path.join(tmp, TEXT_FOLDER))
+        if int(text.dim) != int(ck["text_dim"]):
+            raise DataError("{}: text encoder is {}-d, the aligned IMU encoder {}-d".format(text_folder, text.dim,
+                                                                                         ck["text_dim"]))
+        np.save(os.path.join(tmp, PROMPTS), class_prompts(text, ck["class_names"]).astype(np.float32))
+        results = {}  # type: Dict[str, Any]
+        rpath = os.path.join(model_dir, "results.json")
+        if os.path.isfile(rpath):
+            with open(rpath) as f:
+                results = json.load(f)
+        metrics = OrderedDict((k, results[k]) for k in ("imu2text", "text2imu", "zero_shot", "zero_shot_heldout",
+                                                        "class_map_text2imu", "seconds", "windows") if k in results)
+        metrics["onnx_max_abs_diff"] = diff
+        man = new_manifest(name, ck["input_schema"], ck["class_names"], int(ck["text_dim"]),
+                           lineage={"dataset": ck.get("dataset"), "config_sha256": stable_hash(ck["config"]),
+                                    "config": ck["config"], "holdout": ck.get("holdout", []),
+                                    "parent_version": None},
+                           metrics=metrics)
+        with open(os.path.join(tmp, TEXT_FOLDER, "text_encoder.json")) as f:
+            tj = json.load(f)
+        man.update(OrderedDict([
+            ("kind", "aligned"), ("embedding_dim", int(ck["text_dim"])), ("imu_onnx", ALIGNED_ONNX),
+            ("imu_input", "imu"), ("imu_output", "embedding"), ("class_prompts", PROMPTS),
+            ("text_encoder", {"name": text.name, "dim": int(text.dim), "folder": TEXT_FOLDER,
+                              "max_seq_length": int(tj.get("max_seq_length", 256))})]))
+        files = [file_entry(tmp, ALIGNED_ONNX, "onnx"), file_entry(tmp, ALIGNED_PT, "state_dict"),
+                 file_entry(tmp, PROMPTS, "array")]
+        for fn in sorted(os.listdir(os.path.join(tmp, TEXT_FOLDER))):
+            kind = {".onnx": "onnx", ".txt": "vocab", ".json": "config"}.get(os.path.splitext(fn)[1], "data")
+            files.append(file_entry(tmp, TEXT_FOLDER + "/" + fn, kind))
+        man["files"] = files
+        write_json(os.path.join(tmp, MANIFEST), man)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return man
+
+
+def _onnx_parity(path: str, model: Any, x: Any) -> float:
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = sess.run(["embedding"], {"imu": x.numpy()})[0]
+    return float(np.abs(want - got).max())
+
+
+def publish_aligned(registry: Any, folder: str, aliases: Sequence[str] = ("latest",)) -> Dict[str, Any]:
+    """Publish an ``export_aligned`` folder as a new registry version; returns the published manifest."""
+    with open(os.path.join(folder, MANIFEST)) as f:
+        man = json.load(f, object_pairs_hook=OrderedDict)
+    files = OrderedDict((e["path"], (os.path.join(folder, e["path"]), e["kind"])) for e in man["files"])
+    return registry.publish(man["name"], files, man, aliases=aliases)

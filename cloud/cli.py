@@ -101,8 +101,10 @@ def _print_job(j: Any) -> None:
     p = j.progress
     state = pb.Job.State.Name(j.state)
     line = "job {} {} [{}]".format(j.id[:8], state, p.stage)
-    if p.stage == "pretrain" and p.epochs:
-        line += " epoch {}/{} loss {:.4f} eta {:.0f} s".format(p.epoch, p.epochs, p.loss, p.eta_seconds)
+    if p.stage in ("pretrain", "align") and p.epoch:
+        line += " epoch {}/{} loss {:.4f}".format(p.epoch, p.epochs, p.loss)
+        if p.eta_seconds:
+            line += " eta {:.0f} s".format(p.eta_seconds)
     if p.message:
         line += " " + p.message
     if j.error:
@@ -177,16 +179,31 @@ def cmd_align(a: argparse.Namespace) -> int:
     from shared.training.align import AlignConfig
     from shared.training.common import config_from_dict
 
-    from .align import default_encoder, run_align, summary
-    enc_cfg = {"widths": [64, 64, 64, 32], "out_steps": 8} if a.encoder == "conv1d" else {}
-    d = {"encoder": a.encoder, "epochs": a.epochs, "batch_size": a.batch_size, "optimizer": a.optimizer, "lr": a.lr,
-         "kd": a.kd or "", "lambda_kd": a.lambda_kd, "seed": a.seed}
-    cfg = config_from_dict(AlignConfig, {k: v for k, v in d.items() if v is not None}, where="align flags")
-    from dataclasses import replace
-    cfg = replace(cfg, encoder_config=enc_cfg)
-    r = run_align(a.out, a.dataset, cfg, default_encoder(a.out), holdout=a.holdout or (), progress=not a.no_progress)
+    from .align import ALIGN_DEFAULTS, default_encoder, export_aligned, publish_aligned, run_align, summary
+    from .align import text_encoder_folder
+    d = dict(ALIGN_DEFAULTS)
+    if a.encoder and a.encoder != d["encoder"]:
+        d["encoder"], d["encoder_config"] = a.encoder, {}
+    d.update({k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("optimizer", a.optimizer),
+                                ("lr", a.lr), ("kd", a.kd), ("lambda_kd", a.lambda_kd), ("seed", a.seed))
+              if v is not None})
+    cfg = config_from_dict(AlignConfig, d, where="align flags")
+    encoder = default_encoder(a.out)
+    r = run_align(a.out, a.dataset, cfg, encoder, holdout=a.holdout or (), progress=not a.no_progress,
+                  max_windows=a.max_windows)
     print(summary(r))
     print("wrote {}/results.json, aligned_imu.pt and tsne_test.png".format(a.out))
+    if a.publish:
+        from .registry import Registry
+        text = text_encoder_folder(os.path.join(a.publish, "text_encoders"), encoder)
+        man = export_aligned(a.out, os.path.join(a.out, "version"), text, name=a.model_name)
+        reg = Registry(a.publish)
+        try:
+            pub = publish_aligned(reg, os.path.join(a.out, "version"))
+        finally:
+            reg.close()
+        print("published {} v{} into {} ({} files, text encoder {})".format(
+            pub["name"], pub["version"], a.publish, len(man["files"]), man["text_encoder"]["name"]))
     return 0
 
 
@@ -245,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tls-key")
         return sp
     sb = client(sub.add_parser("submit", help="submit a training job to the daemon"))
-    sb.add_argument("kind", choices=["pretrain", "quality"])
+    sb.add_argument("kind", choices=["pretrain", "quality", "align"])
     sb.add_argument("--dataset", default="hapt")
     sb.add_argument("--config-json", default="{}", help='e.g. \'{"epochs": 20, "label_rate": 0.01}\'')
     sb.add_argument("--wait", action="store_true", help="follow progress until the job ends")
@@ -266,13 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="IMU<->text alignment (IMU2CLIP-style) with evaluation")
     al.add_argument("--dataset", default="hapt")
     al.add_argument("--out", required=True)
-    al.add_argument("--encoder", default="conv1d", help="conv1d (any window) or mw2 (windows >= 141 samples)")
-    al.add_argument("--epochs", type=int, default=15)
-    al.add_argument("--batch-size", type=int, default=256)
-    al.add_argument("--optimizer", default="adam", choices=["adam", "adagrad", "sgd"])
-    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--encoder", help="encoder registry name (default: cloud.align.ALIGN_DEFAULTS)")
+    al.add_argument("--epochs", type=int)
+    al.add_argument("--batch-size", type=int)
+    al.add_argument("--optimizer", choices=["adam", "adagrad", "sgd"])
+    al.add_argument("--lr", type=float)
     al.add_argument("--kd", help="a distillation loss added to InfoNCE, e.g. attention_transfer")
-    al.add_argument("--lambda-kd", type=float, default=1.0)
+    al.add_argument("--lambda-kd", type=float)
+    al.add_argument("--max-windows", type=int, default=0, help="cap every split at N windows (0: all)")
+    al.add_argument("--publish", metavar="DATA_DIR",
+                    help="also export (ONNX: aligned IMU encoder + text encoder) and publish into this registry")
+    al.add_argument("--model-name", default="cosmo-aligned", help="registry name of the published version")
     al.add_argument("--holdout", nargs="*", help="activities kept out of training (zero-shot on them)")
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--no-progress", action="store_true")

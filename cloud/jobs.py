@@ -1,7 +1,8 @@
 """Training jobs: validated on submit, run in worker processes, progress persisted in the registry.
 
-A job runs pretrain -> quality -> export -> publish (kind ``pretrain``) or quality scoring alone (kind
-``quality``) in a separate process (``spawn``), never in an RPC thread. The worker writes its progress
+A job runs pretrain -> quality -> export -> publish (kind ``pretrain``), quality scoring alone (kind
+``quality``) or IMU<->text alignment -> evaluation -> ONNX export of the aligned IMU encoder and the text
+encoder -> publish (kind ``align``) in a separate process (``spawn``), never in an RPC thread. The worker writes its progress
 into the registry's jobs table (SQLite, WAL), so ``GetJob`` and ``WatchJob`` read it from there and it
 survives a server restart. Cancelling terminates the worker mid-epoch; stage 1's per-epoch checkpoint
 in the job's folder stays, and a job interrupted by a server shutdown resumes from it when re-run.
@@ -23,9 +24,11 @@ from shared.training.stage1 import Stage1Config
 from .registry import Conflict, Registry
 
 log = logging.getLogger(__name__)
-KINDS = ("pretrain", "quality")
+KINDS = ("pretrain", "quality", "align")
 JOB_KEYS = {"label_rate": float, "labels_per_class": int, "split_seed": int, "model_name": str,
             "features": str, "model_version": int}
+# align: AlignConfig keys + these (holdout: activities kept out of training; max_windows: cap per split)
+ALIGN_JOB_KEYS = {"split_seed": int, "model_name": str, "holdout": list, "max_windows": int}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -45,9 +48,10 @@ def validate(kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
         raise ConfigError("field 'config_json' is not valid JSON: {}".format(e)) from e
     if not isinstance(cfg, dict):
         raise ConfigError("field 'config_json' must be a JSON object")
-    job = {k: cfg.pop(k) for k in list(cfg) if k in JOB_KEYS}
+    keys = ALIGN_JOB_KEYS if kind == "align" else JOB_KEYS
+    job = {k: cfg.pop(k) for k in list(cfg) if k in keys}
     for k, v in job.items():
-        typ = JOB_KEYS[k]
+        typ = keys[k]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if not isinstance(v, typ) or isinstance(v, bool):
@@ -57,6 +61,18 @@ def validate(kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
         raise ConfigError("config field 'label_rate' must be in (0, 1], got {}".format(job["label_rate"]))
     if "features" in job and job["features"] not in ("encoder", "raw"):
         raise ConfigError("config field 'features' must be 'encoder' or 'raw', got {!r}".format(job["features"]))
+    if kind == "align":
+        if not all(isinstance(c, str) for c in job.get("holdout", [])):
+            raise ConfigError("config field 'holdout' must be a list of activity names, got {!r}".format(
+                job["holdout"]))
+        if job.get("max_windows", 0) < 0:
+            raise ConfigError("config field 'max_windows' must be >= 0, got {}".format(job["max_windows"]))
+        from shared.training.align import AlignConfig
+
+        from .align import ALIGN_DEFAULTS
+        align = config_from_dict(AlignConfig, dict(ALIGN_DEFAULTS, **cfg), where="config_json")
+        align.check()
+        return {"job": job, "stage1": cfg, "resolved": align}
     stage1 = config_from_dict(Stage1Config, cfg, where="config_json")
     return {"job": job, "stage1": cfg, "resolved": stage1}
 
@@ -90,6 +106,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
             reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
                            progress={"stage": "done", "message": "published {} v{}".format(pub["name"], pub["version"]),
                                      "epoch": cfg.epochs, "epochs": cfg.epochs})
+        elif kind == "align":
+            _align_job(reg, job_id, work, data_dir, dataset, job, cfg, progress)
         else:
             prep = prepare_from({"dataset": dataset, "label_rate": job.get("label_rate"),
                                  "labels_per_class": job.get("labels_per_class"), "seed": cfg.seed,
@@ -113,6 +131,33 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
             reg.update_job(job_id, state="FAILED", error="{}: {}".format(type(e).__name__, e))
         except Conflict:
             pass
+
+
+def _align_job(reg: Registry, job_id: str, work: str, data_dir: str, dataset: str, job: Dict[str, Any], cfg: Any,
+               progress: Any) -> None:
+    from .align import (DEFAULT_ALIGNED_NAME, default_encoder, export_aligned, publish_aligned, run_align,
+                        text_encoder_folder)
+
+    run_dir, version_dir = os.path.join(work, "align"), os.path.join(work, "version")
+    progress({"stage": "align", "message": "narrating windows, embedding texts", "epochs": cfg.epochs})
+
+    def epoch_done(row: Dict[str, Any]) -> None:
+        progress({"stage": "align", "epoch": row["epoch"] + 1, "epochs": cfg.epochs,
+                  "loss": row.get("train_loss", 0.0),
+                  "message": "val IMU->text MRR {:.3f}".format(row["val_imu2text"]["MRR"])})
+    encoder = default_encoder(run_dir)
+    res = run_align(run_dir, dataset, cfg, encoder, holdout=job.get("holdout", ()),
+                    split_seed=job.get("split_seed", 0), max_windows=job.get("max_windows", 0), on_epoch=epoch_done)
+    progress({"stage": "export", "message": "ONNX export of the aligned IMU encoder and the text encoder"})
+    text = text_encoder_folder(os.path.join(data_dir, "text_encoders"), encoder)
+    export_aligned(run_dir, version_dir, text, name=job.get("model_name", DEFAULT_ALIGNED_NAME))
+    progress({"stage": "publish", "message": "publishing"})
+    pub = publish_aligned(reg, version_dir)
+    zs = res["zero_shot"]["accuracy"]
+    reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
+                   progress={"stage": "done", "epoch": cfg.epochs, "epochs": cfg.epochs,
+                             "message": "published {} v{} (test IMU->text MRR {:.3f}, zero-shot {:.3f})".format(
+                                 pub["name"], pub["version"], res["imu2text"]["MRR"], zs)})
 
 
 class JobRunner(object):

@@ -9,8 +9,10 @@ GRU as if the 32 *channels* were time steps (its input size is the pooled length
 type-checks for ~1000-sample windows (978-1004 samples). Here the conv output is transposed first and
 the GRU runs over **time** (input size 32, ``T'`` steps), which works for any window long enough to
 survive the three conv+pool stages (``window >= 141`` with the released kernels; see
-:func:`mw2_min_window`). Shorter windows (e.g. 100 samples = 2 s at 50 Hz) raise a ConfigError: resample
-or pass smaller ``kernels``/``dilation``/``pool``.
+:func:`mw2_min_window`). With ``padding="same"`` (not in the released code) every conv is zero-padded
+by ``dilation * (k - 1) // 2`` on both sides and the pools round up (``ceil_mode``), so **any** window
+length works (HAPT's 128 samples leave 5 GRU steps; a 2000-sample window 75); the default ``"valid"``
+keeps the released arithmetic, and windows too short for it raise a ConfigError naming the minimum.
 
 The post-conv normalization is selectable (the enhancement paper found LayerNorm best):
 
@@ -34,14 +36,15 @@ from .encoders import register_encoder
 NORMS = ("group", "instance", "layer")
 
 
-def mw2_out_len(window: int, kernels: Tuple[int, ...] = (10, 5, 5), dilation: int = 2, pool: int = 3) -> int:
-    """Number of time steps left after the conv (no padding) + MaxPool1d stages (<= 0: too short)."""
+def mw2_out_len(window: int, kernels: Tuple[int, ...] = (10, 5, 5), dilation: int = 2, pool: int = 3,
+                padding: str = "valid") -> int:
+    """Number of time steps left after the conv + MaxPool1d stages (<= 0: too short)."""
     t = window
     for k in kernels:
-        t = t - dilation * (k - 1)
+        t = t - dilation * (k - 1) + (2 * (dilation * (k - 1) // 2) if padding == "same" else 0)
         if t < 1:
             return 0
-        t = t // pool
+        t = -(-t // pool) if padding == "same" else t // pool
     return t
 
 
@@ -67,6 +70,7 @@ class MW2EncoderConfig:
     hidden: int = 512
     input_groups: int = 2
     norm_groups: int = 4
+    padding: str = "valid"
 
 
 class _ChannelLayerNorm(nn.Module):
@@ -94,10 +98,13 @@ class MW2Encoder(nn.Module):
         if config.norm == "group" and config.channels % config.norm_groups != 0:
             raise ConfigError("mw2: channels {} not divisible by norm_groups {}".format(
                 config.channels, config.norm_groups))
-        t = mw2_out_len(config.window, tuple(config.kernels), config.dilation, config.pool)
+        if config.padding not in ("valid", "same"):
+            raise ConfigError("mw2: padding must be 'valid' or 'same', got {!r}".format(config.padding))
+        same = config.padding == "same"
+        t = mw2_out_len(config.window, tuple(config.kernels), config.dilation, config.pool, config.padding)
         if t < 1:
             raise ConfigError("mw2: window {} is too short: kernels {} (dilation {}, pool {}) need at least {} "
-                              "samples".format(config.window, tuple(config.kernels), config.dilation, config.pool,
+                              "samples (or padding 'same')".format(config.window, tuple(config.kernels), config.dilation, config.pool,
                                                mw2_min_window(tuple(config.kernels), config.dilation, config.pool)))
         if config.norm == "instance" and t < 2:
             raise ConfigError("mw2: norm 'instance' needs at least 2 time steps after the convs; window {} leaves "
@@ -106,8 +113,9 @@ class MW2Encoder(nn.Module):
         layers = []
         c_in = config.in_channels
         for k in config.kernels:
-            layers += [nn.Conv1d(c_in, config.channels, k, dilation=config.dilation, bias=False),
-                       nn.MaxPool1d(config.pool)]
+            layers += [nn.Conv1d(c_in, config.channels, k, dilation=config.dilation, bias=False,
+                                 padding=config.dilation * (k - 1) // 2 if same else 0),
+                       nn.MaxPool1d(config.pool, ceil_mode=same)]
             c_in = config.channels
         self.convs = nn.Sequential(*layers)
         if config.norm == "group":

@@ -112,6 +112,9 @@ def config_from_dict(cls: Type[T], d: Optional[Dict[str, Any]], where: str = "co
                 if not isinstance(v, (list, tuple)):
                     raise TypeError("expected a list")
                 v = tuple(v)
+            elif isinstance(cur, dict):
+                if not isinstance(v, dict):
+                    raise TypeError("expected an object")
         except TypeError as e:
             raise ConfigError("{}: field {!r}: {}, got {!r}".format(where, k, e, v)) from e
         out[k] = v

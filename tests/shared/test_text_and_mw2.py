@@ -52,6 +52,28 @@ def test_mw2_smaller_kernels_fit_short_windows():
     assert enc(torch.randn(2, 100, 6)).shape == (2, 1, 8)
 
 
+@pytest.mark.parametrize("window", [1, 27, 128, 1000])
+def test_mw2_same_padding_takes_any_window_and_exports(window, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from shared.export import export_onnx
+
+    enc = build_encoder("mw2", window=window, in_channels=6, padding="same", norm="layer", hidden=32).eval()
+    assert enc.steps_after_conv == mw2_out_len(window, padding="same") == max(1, -(-window // 27))
+    x = torch.randn(3, window, 6)
+    with torch.no_grad():
+        want = enc(x).numpy()
+    assert want.shape == (3, 1, 32)
+    path = str(tmp_path / "mw2.onnx")
+    export_onnx(enc, [x[:1]], path)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x0": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_mw2_rejects_unknown_padding():
+    with pytest.raises(ConfigError, match="padding"):
+        build_encoder("mw2", window=128, in_channels=6, padding="full")
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_mw2_is_per_sample(norm):
     """No norm mixes samples: a sample's output does not depend on the rest of its batch."""

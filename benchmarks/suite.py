@@ -1,0 +1,205 @@
+"""The whole benchmark suite in one command: accuracy versus labels (``accuracy.py``) and time, memory and
+energy per stage with the scaling exponents (``stages.py``), each in its own process, then one report.
+
+Writes into ``results/<UTC date>_<host>[-quick]/``:
+
+* ``report.md`` / ``report.json``: the headline figures (Cosmo against the best baseline per label
+  setting, Cosmo's stage-2 time divided by DeepSense's and AttnSense's, growth exponents) and both
+  benchmarks' full reports;
+* ``accuracy_vs_labels.png``, ``unlabeled_ratio.png``, ``scaling.png``;
+* ``accuracy/`` and ``stages/``: each benchmark's own cache and report. Both cache every run, so a
+  second invocation with the same options resumes where the first stopped.
+
+    python benchmarks/suite.py --quick   # about 10 minutes on 2 CPU cores
+    python benchmarks/suite.py           # full: 3 seeds, every setting (hours on 2 CPU cores)
+
+Full-run budget (chosen to finish on a 2-core machine; pass the benchmarks' own options through
+``--accuracy-args`` / ``--stages-args`` to change it): stage 1, CMC and CPC pretraining 10 epochs;
+stage 2 100 epochs capped at about 1000 optimizer steps per run (``accuracy.budget``), the same for every
+method of a setting; ``stages.py`` at its defaults (the paper-like 20 + 100 epochs).
+"""
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from shared.training.common import write_json  # noqa: E402
+
+FULL_ACCURACY = ["--s1-epochs", "10", "--s2-epochs", "100", "--s2-max-steps", "1000"]
+BASELINES_FOR_RATIO = ("DeepSense", "AttnSense")
+
+
+def run_name(quick: bool) -> str:
+    return "{}_{}{}".format(time.strftime("%Y-%m-%d", time.gmtime()), socket.gethostname(), "-quick" if quick else "")
+
+
+def _run(argv: List[str], log_path: str) -> int:
+    """Run one benchmark in its own process (its peak memory stays its own), tee its output to a log."""
+    print("$ " + " ".join(shlex.quote(x) for x in argv), flush=True)
+    with open(log_path, "a") as log:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        assert p.stdout is not None
+        for line in p.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return p.wait()
+
+
+def _load(path: str) -> Optional[Dict[str, Any]]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def headline_accuracy(acc: Dict[str, Any], dataset: str = "hapt") -> List[Dict[str, Any]]:
+    """Per label setting of ``dataset``: Cosmo's mean test accuracy, the best baseline's, the margin."""
+    out = []  # type: List[Dict[str, Any]]
+    table = acc.get("tables", {}).get(dataset)
+    if not table:
+        return out
+    for row in table["rows"]:
+        means = OrderedDict((m, float(np.mean(row[m]["accuracy"]))) for m in table["methods"] if row[m]["accuracy"])
+        if "Cosmo" not in means or len(means) < 2:
+            continue
+        best = max((m for m in means if m != "Cosmo"), key=lambda m: means[m])
+        out.append(OrderedDict([
+            ("setting", row["setting"]), ("cosmo", means["Cosmo"]), ("cosmo_std", float(np.std(row["Cosmo"]["accuracy"]))),
+            ("best_baseline", best), ("best_baseline_accuracy", means[best]),
+            ("best_baseline_std", float(np.std(row[best]["accuracy"]))), ("margin", means["Cosmo"] - means[best]),
+            ("seeds", len(row["Cosmo"]["accuracy"]))]))
+    return out
+
+
+def stage2_ratios(stages: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Cosmo's stage-2 wall time divided by each baseline's, per label rate (the paper's Table 3)."""
+    steps = stages.get("steps", {})
+    out = []  # type: List[Dict[str, Any]]
+    rates = sorted({k.rsplit("/", 1)[1] for k in steps if k.startswith("hapt/stage2/")}, key=lambda r: float(r[:-1]))
+    for rate in rates:
+        cosmo = steps.get("hapt/stage2/Cosmo/" + rate)
+        if cosmo is None:
+            continue
+        row = OrderedDict([("labels", rate), ("cosmo_s", cosmo["cost"]["wall_s"])])  # type: Dict[str, Any]
+        for b in BASELINES_FOR_RATIO:
+            other = steps.get("hapt/stage2/{}/{}".format(b, rate))
+            if other is not None:
+                row[b + "_s"] = other["cost"]["wall_s"]
+                row["cosmo/" + b] = cosmo["cost"]["wall_s"] / other["cost"]["wall_s"]
+        out.append(row)
+    return out
+
+
+def _pct(x: float) -> str:
+    return "{:.1f}".format(100 * x)
+
+
+def report(root: str, acc: Optional[Dict[str, Any]], stages: Optional[Dict[str, Any]], quick: bool,
+           seconds: float, failures: List[str]) -> Dict[str, Any]:
+    """Write ``report.md`` and ``report.json`` into ``root``; return the JSON document."""
+    head = headline_accuracy(acc) if acc else []
+    ratios = stage2_ratios(stages) if stages else []
+    scaling = (stages or {}).get("scaling", {})
+    dev = (stages or {}).get("device", {})
+    lines = ["# cosmo-har benchmark suite ({})".format("quick run" if quick else "full run"), "",
+             "Host {} ({}, {} CPUs, CUDA {}; Jetson L4T: {}); suite wall time {:.0f} s. Every figure below was "
+             "measured in this run (cached runs of an interrupted invocation included).".format(
+                 dev.get("host", socket.gethostname()), dev.get("cpu_model", "?"), dev.get("cpu_count", "?"),
+                 dev.get("cuda_device") or "absent", dev.get("jetson_l4t", "?"), seconds), ""]
+    if head:
+        lines += ["## Cosmo against the best baseline (UCI HAPT, test accuracy %, mean ± std over seeds)", "",
+                  "| labels | Cosmo | best baseline | its accuracy | Cosmo − best (points) | seeds |",
+                  "|---|---|---|---|---|---|"]
+        for h in head:
+            lines.append("| {} | {} ± {} | {} | {} ± {} | {:+.1f} | {} |".format(
+                h["setting"], _pct(h["cosmo"]), _pct(h["cosmo_std"]), h["best_baseline"],
+                _pct(h["best_baseline_accuracy"]), _pct(h["best_baseline_std"]), 100 * h["margin"], h["seeds"]))
+        lines.append("")
+    if ratios:
+        lines += ["## Stage-2 time, Cosmo divided by the baselines (paper, Jetson TX2: 0.68 vs DeepSense, "
+                  "0.41 vs AttnSense)", "", "| labels | Cosmo (s) | DeepSense (s) | AttnSense (s) | Cosmo / DeepSense "
+                  "| Cosmo / AttnSense |", "|---|---|---|---|---|---|"]
+        for r in ratios:
+            lines.append("| {} | {:.1f} | {} | {} | {} | {} |".format(
+                r["labels"], r["cosmo_s"], *["{:.1f}".format(r[b + "_s"]) if b + "_s" in r else "–"
+                                             for b in BASELINES_FOR_RATIO],
+                *["{:.2f}".format(r["cosmo/" + b]) if "cosmo/" + b in r else "–" for b in BASELINES_FOR_RATIO]))
+        lines.append("")
+    if scaling:
+        lines += ["## How cost grows (log-log fit, time ∝ x^exponent)", "", "| series | x | exponent | R² |",
+                  "|---|---|---|---|"]
+        for name, s in scaling.items():
+            lines.append("| {} | {} | {:.2f} | {:.3f} |".format(name, ", ".join("{:g}".format(x) for x in s["x"]),
+                                                               s["exponent"], s["r2"]))
+        lines.append("")
+    lines += ["Plots: accuracy_vs_labels.png, unlabeled_ratio.png, scaling.png. Full reports: "
+              "[accuracy/report.md](accuracy/report.md), [stages/report.md](stages/report.md).", ""]
+    if failures:
+        lines += ["## Failures", ""] + ["* " + f for f in failures] + [""]
+    for sub in ("accuracy", "stages"):
+        p = os.path.join(root, sub, "report.md")
+        if os.path.isfile(p):
+            with open(p) as f:
+                body = f.read().strip().splitlines()
+            lines += ["---", ""] + [("#" + ln if ln.startswith("#") else ln) for ln in body] + [""]
+    doc = OrderedDict([("quick", quick), ("seconds", seconds), ("device", dev), ("headline_accuracy", head),
+                       ("stage2_time_ratios", ratios), ("scaling", scaling), ("failures", failures),
+                       ("accuracy", acc), ("stages", stages)])
+    write_json(os.path.join(root, "report.json"), doc)
+    with open(os.path.join(root, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+    return doc
+
+
+def main(argv: Any = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the small version (about 10 minutes here)")
+    ap.add_argument("--out", default="results", help="parent folder of the run folder")
+    ap.add_argument("--run-name", help="run folder name (default: <UTC date>_<host>[-quick])")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of both benchmarks (0: torch's default)")
+    ap.add_argument("--only", choices=("accuracy", "stages"), help="run one benchmark (the report reads both)")
+    ap.add_argument("--accuracy-args", default="", help="extra options for accuracy.py (one string)")
+    ap.add_argument("--stages-args", default="", help="extra options for stages.py (one string)")
+    a = ap.parse_args(argv)
+    root = os.path.join(a.out, a.run_name or run_name(a.quick))
+    os.makedirs(root, exist_ok=True)
+    t0 = time.time()
+    common = ["--threads", str(a.threads)] if a.threads else []
+    quick = ["--quick"] if a.quick else []
+    acc_argv = [sys.executable, os.path.join(HERE, "accuracy.py"), "--out", os.path.join(root, "accuracy")] + quick
+    acc_argv += ([] if a.quick else FULL_ACCURACY) + common + shlex.split(a.accuracy_args)
+    st_argv = [sys.executable, os.path.join(HERE, "stages.py"), "--out", root, "--run-name", "stages"] + quick
+    st_argv += common + shlex.split(a.stages_args)
+    failures = []  # type: List[str]
+    log_path = os.path.join(root, "suite.log")
+    for name, argv_ in (("accuracy", acc_argv), ("stages", st_argv)):
+        if a.only and a.only != name:
+            continue
+        rc = _run(argv_, log_path)
+        if rc != 0:
+            failures.append("{}.py exited with {} (see suite.log)".format(name, rc))
+    acc = _load(os.path.join(root, "accuracy", "results.json"))
+    stages = _load(os.path.join(root, "stages", "report.json"))
+    for src, dst in (("accuracy/accuracy_vs_labels.png", "accuracy_vs_labels.png"),
+                     ("accuracy/unlabeled_ratio.png", "unlabeled_ratio.png"), ("stages/scaling.png", "scaling.png")):
+        if os.path.isfile(os.path.join(root, src)):
+            shutil.copyfile(os.path.join(root, src), os.path.join(root, dst))
+    report(root, acc, stages, a.quick, time.time() - t0, failures)
+    print("wrote {}".format(os.path.join(root, "report.md")))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
