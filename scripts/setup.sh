@@ -14,5 +14,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 .venv/bin/python -m pip install -qq --upgrade pip
 .venv/bin/python -m pip install -qq "torch==2.13.0"
-.venv/bin/python -m pip install -qq -e ".[cloud,edge,data,dev]"
+.venv/bin/python -m pip install -qq -e ".[cloud,edge,data,dev,text]"
 echo "$want" > "$stamp"

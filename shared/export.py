@@ -1,7 +1,7 @@
 """ONNX export for edges: opset 13 (TensorRT 8.2 on the TX2), one file, dynamic batch axis."""
 import inspect
 import io
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -11,8 +11,11 @@ OPSET = 13
 
 def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: Optional[str] = None,
                 input_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
-                opset: int = OPSET) -> bytes:
+                opset: int = OPSET, dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> bytes:
     """Export ``module`` (in eval mode) with a dynamic batch axis on every input and output.
+
+    ``dynamic_axes`` (torch.onnx's form, ``{name: {axis: label}}``) replaces that default, e.g. to make a
+    sequence axis dynamic too.
 
     Uses the TorchScript exporter (the only one in torch 1.10, and the one that targets opset 13);
     weights are embedded (no external data). Returns the model bytes and writes them to ``path``.
@@ -20,7 +23,8 @@ def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: Option
     module = module.eval()
     input_names = input_names or ["x{}".format(i) for i in range(len(example))]
     output_names = output_names or ["y"]
-    axes = {n: {0: "batch"} for n in list(input_names) + list(output_names)}
+    axes = dynamic_axes if dynamic_axes is not None else \
+        {n: {0: "batch"} for n in list(input_names) + list(output_names)}
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5 defaults to dynamo
         kwargs["dynamo"] = False

