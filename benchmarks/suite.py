@@ -11,11 +11,11 @@ Writes into ``results/<UTC date>_<host>[-quick]/``:
   second invocation with the same options resumes where the first stopped.
 
     python benchmarks/suite.py --quick   # about 10 minutes on 2 CPU cores
-    python benchmarks/suite.py           # full: 3 seeds, every setting (hours on 2 CPU cores)
+    python benchmarks/suite.py --jobs 2  # full: 3 seeds, every setting, 2 seeds at a time (about 1 h here)
 
 Full-run budget (chosen to finish on a 2-core machine; pass the benchmarks' own options through
 ``--accuracy-args`` / ``--stages-args`` to change it): stage 1, CMC and CPC pretraining 10 epochs;
-stage 2 100 epochs capped at about 1000 optimizer steps per run (``accuracy.budget``), the same for every
+stage 2 100 epochs capped at about 500 optimizer steps per run (``accuracy.budget``), the same for every
 method of a setting; ``stages.py`` at its defaults (the paper-like 20 + 100 epochs).
 """
 import argparse
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from shared.training.common import write_json  # noqa: E402
 
-FULL_ACCURACY = ["--s1-epochs", "10", "--s2-epochs", "100", "--s2-max-steps", "1000"]
+FULL_ACCURACY = ["--s1-epochs", "10", "--s2-epochs", "100", "--s2-max-steps", "500"]
 BASELINES_FOR_RATIO = ("DeepSense", "AttnSense")
 
 
@@ -55,6 +55,20 @@ def _run(argv: List[str], log_path: str) -> int:
             sys.stdout.write(line)
             log.write(line)
         return p.wait()
+
+
+def _run_parallel(argvs: List[List[str]], log_dir: str) -> List[int]:
+    """Run several benchmark processes at once (one log each); return their exit codes."""
+    procs = []
+    for i, argv in enumerate(argvs):
+        print("$ " + " ".join(shlex.quote(x) for x in argv) + "   # log: worker{}.log".format(i), flush=True)
+        log = open(os.path.join(log_dir, "worker{}.log".format(i)), "a")
+        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+    codes = []
+    for p, log in procs:
+        codes.append(p.wait())
+        log.close()
+    return codes
 
 
 def _load(path: str) -> Optional[Dict[str, Any]]:
@@ -170,6 +184,10 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--run-name", help="run folder name (default: <UTC date>_<host>[-quick])")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of both benchmarks (0: torch's default)")
     ap.add_argument("--only", choices=("accuracy", "stages"), help="run one benchmark (the report reads both)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="accuracy seeds trained in this many parallel processes (1 torch thread each), "
+                         "then one pass that reads the cache and writes the report")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy seeds (default: its own)")
     ap.add_argument("--accuracy-args", default="", help="extra options for accuracy.py (one string)")
     ap.add_argument("--stages-args", default="", help="extra options for stages.py (one string)")
     a = ap.parse_args(argv)
@@ -184,6 +202,15 @@ def main(argv: Any = None) -> int:
     st_argv += common + shlex.split(a.stages_args)
     failures = []  # type: List[str]
     log_path = os.path.join(root, "suite.log")
+    if a.seeds:
+        acc_argv += ["--seeds"] + [str(x) for x in a.seeds]
+    if a.jobs > 1 and a.only != "stages":
+        seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
+        groups = [seeds[i::a.jobs] for i in range(a.jobs) if seeds[i::a.jobs]]
+        workers = [acc_argv + ["--no-report", "--threads", "1", "--seeds"] + [str(x) for x in g] for g in groups]
+        for i, rc in enumerate(_run_parallel(workers, root)):
+            if rc != 0:
+                failures.append("accuracy worker {} (seeds {}) exited with {}".format(i, groups[i], rc))
     for name, argv_ in (("accuracy", acc_argv), ("stages", st_argv)):
         if a.only and a.only != name:
             continue
