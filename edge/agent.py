@@ -6,12 +6,20 @@ State folder (``--state-dir S``)::
     S/finetuned/<name>/v<N>/      stage 2 on the local labels: finetuned.pt, model.onnx (verified),
                                   encoders.pt, manifest.json, metrics.json
     S/finetuned/<name>/.v<N>.partial/   fine-tuning in progress (redone after a crash)
-    S/state.json                  {"serving": {...}, "history": [...]}: what serves, what served before
+    S/state.json                  {"serving": {...}, "history": [...], "aligned": {...}}: what serves, what
+                                  served before, the installed aligned model
+    S/index.sqlite                the search index of recent windows (edge.index; --index-capacity)
 
 A version is only swapped in after its fine-tuned ONNX model loaded and reproduced the torch model's
 validation accuracy; until then the previous version keeps serving, and it stays on disk for
 ``edge-agent rollback``. A restarted agent serves what ``state.json`` names at once, resumes a half
 download, and never redoes a finished fine-tune.
+
+With ``aligned_model`` (``--aligned-model NAME``) the agent also follows that aligned (IMU <-> text) model:
+each new version is pulled (verified; a corrupt download never replaces the working one), loaded
+(``edge.aligned.AlignedRuntime``, sha256 checked again) and installed next to the classifier, which
+enables Embed in the aligned space and Search. Installing a new aligned version empties the search
+index (embeddings of different versions are not comparable).
 """
 import json
 import logging
@@ -30,13 +38,16 @@ from shared.rpc import ModelRegistryStub, pb
 from shared.training.common import write_json
 from shared.training.stage2 import Stage2Config
 
+from .aligned import AlignedRuntime
 from .export import export_finetuned
 from .finetune import load_split, run_finetune
+from .index import DEFAULT_CAPACITY, WindowIndex
 from .runtime import Runtime
-from .service import ModelHolder
+from .service import AlignedHolder, ModelHolder
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
+INDEX = "index.sqlite"
 
 
 def _stage(fn: Callable[[], Any], meter: Optional[Meter] = None) -> Dict[str, Any]:
@@ -60,7 +71,8 @@ class Agent(object):
 
     def __init__(self, state_dir: str, labels_dir: str, channel: Optional[grpc.Channel] = None,
                  model_name: str = "cosmo-encoders", config: Optional[Stage2Config] = None,
-                 edge_id: str = "", require_gpu: bool = False, watts: float = 5.0) -> None:
+                 edge_id: str = "", require_gpu: bool = False, watts: float = 5.0, aligned_model: str = "",
+                 index_capacity: int = DEFAULT_CAPACITY) -> None:
         self.state_dir, self.labels_dir, self.channel = state_dir, labels_dir, channel
         self.model_name = model_name
         self.config = config or Stage2Config()
@@ -68,8 +80,21 @@ class Agent(object):
         self.require_gpu = require_gpu
         self.meter = detect(watts=watts)  # the best meter present; else CPU seconds x watts, "estimate"
         self.holder = ModelHolder()
+        self.aligned_model = aligned_model or ""
+        self.index_capacity = int(index_capacity)
+        self._aligned = None  # type: Optional[AlignedHolder]
         self._lock = threading.Lock()
         os.makedirs(state_dir, exist_ok=True)
+
+    @property
+    def aligned(self) -> AlignedHolder:
+        """The aligned model (None until installed) and the search index (``S/index.sqlite``, opened on
+        first use)."""
+        with self._lock:
+            if self._aligned is None:
+                self._aligned = AlignedHolder(WindowIndex(os.path.join(self.state_dir, INDEX),
+                                                          capacity=self.index_capacity))
+            return self._aligned
 
     # ------------------------------------------------------------------------------------- state
     def state(self) -> Dict[str, Any]:
@@ -220,47 +245,102 @@ class Agent(object):
             self._write_state(st)
         return prev
 
+    # ---------------------------------------------------------------------------- aligned model
+    def install_aligned(self, folder: str) -> AlignedRuntime:
+        """Load the aligned model in ``folder`` (checked) and install it; recorded in state.json. A
+        folder that fails to load leaves the installed model in place."""
+        art = AlignedRuntime.load(folder)
+        holder = self.aligned
+        with self._lock:
+            holder.swap(art)
+            st = self.state()
+            st["aligned"] = {"name": art.name, "version": int(art.version), "path": os.path.abspath(folder)}
+            self._write_state(st)
+        log.info("aligned model %s v%s installed (%s); search index %d/%d windows", art.name, art.version,
+                 art.provider, holder.index.size if holder.index else 0, self.index_capacity)
+        return art
+
+    def load_aligned(self) -> Optional[AlignedRuntime]:
+        """Install the aligned model state.json names (after a restart); None when there is none."""
+        s = self.state().get("aligned")
+        if not s:
+            return None
+        cur = self.aligned.get()
+        if cur is not None and (cur.name, int(cur.version)) == (s["name"], int(s["version"])):
+            return cur
+        return self.install_aligned(s["path"])
+
+    def update_aligned(self, version: Optional[int] = None) -> Dict[str, Any]:
+        """Pull ``aligned_model`` v``version`` (default: latest) and install it."""
+        if self.channel is None:
+            raise CosmoError("pulling the aligned model needs --cloud HOST:PORT")
+        if not self.aligned_model:
+            raise CosmoError("no aligned model name given (--aligned-model NAME)")
+        st = _stage(lambda: pull(self.channel, self.aligned_model, os.path.join(self.state_dir, "models"),
+                                 version=version, alias=None if version else "latest"), self.meter)
+        folder, man = st["result"]
+        art = self.install_aligned(folder)
+        return {"folder": folder, "version": int(art.version), "manifest": man, "stage": dict(st, result=None)}
+
+    def _is_newer_aligned(self, version: int) -> bool:
+        s = self.state().get("aligned")
+        return s is None or s["name"] != self.aligned_model or version > int(s["version"])
+
     # ------------------------------------------------------------------------------------- loop
     def run(self, stop: threading.Event, backoff_max_s: float = 30.0, poll_state_s: float = 1.0,
             retry_failed_s: float = 300.0) -> None:
         """Follow WatchModels (reconnecting with exponential backoff) and update on each new version.
 
         A version whose update failed (corrupt download, failed verification) is not retried for
-        ``retry_failed_s`` seconds; the serving model is untouched either way."""
-        failed = {}  # type: Dict[int, float]
+        ``retry_failed_s`` seconds; the serving model is untouched either way. With ``aligned_model``,
+        a second thread follows that model the same way (pull -> load -> install)."""
         if self.channel is None:
             raise CosmoError("run needs --cloud HOST:PORT")
         try:
             self.load_serving()
         except CosmoError as e:
             log.error("cannot serve the installed model: %s", e)
-        backoff = 0.5
         watcher = threading.Thread(target=self._watch_state, args=(stop, poll_state_s), daemon=True)
         watcher.start()
+        if self.aligned_model:
+            try:
+                self.load_aligned()
+            except (CosmoError, OSError) as e:
+                log.error("cannot load the installed aligned model: %s", e)
+            threading.Thread(target=self._follow, name="follow-aligned", daemon=True,
+                             args=(stop, self.aligned_model, self._is_newer_aligned, self.update_aligned,
+                                   backoff_max_s, retry_failed_s)).start()
+        self._follow(stop, self.model_name, self._is_newer, self.update, backoff_max_s, retry_failed_s)
+
+    def _follow(self, stop: threading.Event, name: str, is_newer: Callable[[int], bool],
+                update: Callable[[int], Any], backoff_max_s: float, retry_failed_s: float) -> None:
+        """Follow WatchModels for ``name`` until ``stop``; ``update(v)`` for each version ``is_newer``."""
+        failed = {}  # type: Dict[int, float]
+        backoff = 0.5
         while not stop.is_set():
             stream = None
             try:
                 stream = ModelRegistryStub(self.channel).WatchModels(
-                    pb.WatchModelsRequest(name=self.model_name, send_current=True))
+                    pb.WatchModelsRequest(name=name, send_current=True))
                 threading.Thread(target=_cancel_on, args=(stop, stream), daemon=True).start()
                 for ev in stream:
                     backoff = 0.5
                     if ev.kind not in (pb.ModelEvent.PUBLISHED, pb.ModelEvent.CURRENT):
                         continue
                     v = int(ev.version)
-                    if not self._is_newer(v) or time.time() - failed.get(v, -1e9) < retry_failed_s:
+                    if not is_newer(v) or time.time() - failed.get(v, -1e9) < retry_failed_s:
                         continue
                     try:
-                        self.update(v)
+                        update(v)
                     except (CosmoError, OSError, grpc.RpcError) as e:
                         failed[v] = time.time()
                         detail = "{}: {}".format(e.code().name, e.details()) if isinstance(e, grpc.RpcError) else e
-                        log.error("update to v%s failed, the current model keeps serving (retry in %.0f s): %s",
-                                  v, retry_failed_s, detail)
+                        log.error("update of %s to v%s failed, the current model keeps serving (retry in %.0f s): "
+                                  "%s", name, v, retry_failed_s, detail)
             except grpc.RpcError as e:
                 if stop.is_set():
                     break
-                log.warning("registry watch interrupted (%s); reconnecting in %.1f s", e.code(), backoff)
+                log.warning("registry watch of %s interrupted (%s); reconnecting in %.1f s", name, e.code(), backoff)
                 stop.wait(backoff)
                 backoff = min(backoff_max_s, backoff * 2)
 

@@ -4,9 +4,12 @@ Subcommands:
   export    ONNX export of a fine-tuned model (checked against torch at batch 1 and 8).
   run       the daemon: follow the cloud registry (WatchModels), pull each new version, fine-tune it on
             the local labels, export and verify ONNX, hot-swap it into the Inference service, report
-            timings and accuracy to the cloud.
+            timings and accuracy to the cloud; with --aligned-model NAME also follows that aligned
+            (IMU <-> text) model, for Embed in the text space and Search.
   pull      download a version into the state folder (resumable, sha256-verified, atomic).
-  serve     serve the installed model (Inference gRPC service) without following the cloud.
+  serve     serve the installed model (Inference gRPC service) without following the cloud
+            (--aligned-dir FOLDER: also an aligned model folder, for Search).
+  search    client: the windows most similar to a text ("walking upstairs"), from the Search RPC.
   info      installed versions, the serving one, the execution provider in use.
   rollback  serve the previous version again.
   labels    write a device's labeled / validation / test windows from a dataset (the demo's stand-in
@@ -82,7 +85,8 @@ def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
     ch = connect(a.cloud, token=_token(a.token_file)) if channel and getattr(a, "cloud", None) else None
     return Agent(a.state_dir, getattr(a, "labels", None) or "", channel=ch, model_name=a.name, config=cfg,
                  edge_id=getattr(a, "edge_id", "") or "", require_gpu=getattr(a, "require_gpu", False),
-                 watts=getattr(a, "watts", None) or 5.0)
+                 watts=getattr(a, "watts", None) or 5.0, aligned_model=getattr(a, "aligned_model", "") or "",
+                 index_capacity=getattr(a, "index_capacity", None) or 10000)
 
 
 def _token(path: Optional[str]) -> Optional[str]:
@@ -101,7 +105,7 @@ def _serve_until_signal(agent: Any, listen: str, max_batch: int, loop: Optional[
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server, port = serve_inference(agent.holder, listen, max_batch=max_batch)
+    server, port = serve_inference(agent.holder, listen, max_batch=max_batch, aligned=agent.aligned)
     print("Inference service on {} (port {})".format(listen, port), flush=True)
     if ready_file:
         with open(ready_file + ".tmp", "w") as f:
@@ -127,6 +131,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if agent.load_serving() is None:
         print("edge-agent: no model installed yet in {}; serving FAILED_PRECONDITION until one is".format(
             a.state_dir), file=sys.stderr)
+    if a.aligned_dir:
+        art = agent.install_aligned(a.aligned_dir)
+        print("aligned model {} v{} from {}; search index {} of {} windows".format(
+            art.name, art.version, a.aligned_dir, agent.aligned.index.size, agent.index_capacity), flush=True)
+    else:
+        try:
+            agent.load_aligned()
+        except (CosmoError, OSError) as e:
+            print("edge-agent: the installed aligned model cannot be loaded ({}); Search is off".format(e),
+                  file=sys.stderr)
     return _serve_until_signal(agent, a.listen, a.max_batch, ready_file=a.ready_file)
 
 
@@ -147,6 +161,13 @@ def cmd_info(a: argparse.Namespace) -> int:
         print("no model serving")
     else:
         print("serving {} v{} with {} ({})".format(rt.name, rt.version, rt.provider, rt.fallback))
+    al = st.get("aligned")
+    if al:
+        from .agent import INDEX
+        from .index import WindowIndex
+        print("aligned model {} v{} ({}); search index {} windows ({})".format(
+            al["name"], al["version"], al["path"], WindowIndex.stored(os.path.join(a.state_dir, INDEX)),
+            os.path.join(a.state_dir, INDEX)))
     return 0
 
 
@@ -202,6 +223,28 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    """A client of the Search RPC: the indexed windows most similar to a text."""
+    import grpc
+
+    from shared.rpc import InferenceStub, pb
+    channel = grpc.insecure_channel(a.server)
+    try:
+        resp = InferenceStub(channel).Search(pb.SearchRequest(text=a.text, k=a.k), timeout=a.timeout)
+    except grpc.RpcError as e:
+        print("edge-agent: search failed: {}: {}".format(e.code().name, e.details()), file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    print("{} hits of {} indexed windows for {!r} (aligned model {} v{}, text encoder {})".format(
+        len(resp.hits), resp.index_size, a.text, resp.model_name, resp.model_version, resp.text_encoder))
+    for h in resp.hits:
+        print("  window {:6d}  score {:.3f}  {:<20} {}  from {}".format(
+            h.window_id, h.score, h.predicted_activity,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.time)), h.source))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")
     r.add_argument("--watts", type=float, default=5.0,
                    help="for the energy estimate reported to the cloud: CPU seconds x this (no meter is read)")
+    r.add_argument("--aligned-model", default="",
+                   help="also follow this aligned (IMU <-> text) model, e.g. cosmo-aligned: enables Search")
+    r.add_argument("--index-capacity", type=int, default=10000,
+                   help="windows kept in the search index (STATE_DIR/index.sqlite); the oldest go first")
     r.set_defaults(func=cmd_run)
     pl = cloud(common(sub.add_parser("pull", help="download a version into the state folder")))
     pl.add_argument("--version", type=int, help="default: the latest")
@@ -256,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=256)
     sv.add_argument("--ready-file", help="write the Inference service's port here once serving")
     sv.add_argument("--require-gpu", action="store_true")
+    sv.add_argument("--aligned-dir", help="an aligned model folder (manifest kind 'aligned') to install for Search")
+    sv.add_argument("--index-capacity", type=int, default=10000,
+                    help="windows kept in the search index (STATE_DIR/index.sqlite)")
     sv.set_defaults(func=cmd_serve)
     inf = common(sub.add_parser("info", help="installed versions and the execution provider"))
     inf.set_defaults(func=cmd_info)
@@ -275,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--drop", nargs="*", help="leave these modalities out (sensor off)")
     pr.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a model to be served")
     pr.set_defaults(func=cmd_predict)
+    se = sub.add_parser("search", help="client: windows most similar to a text, from the Search RPC")
+    se.add_argument("--server", "--listen", dest="server", default="127.0.0.1:50061",
+                    help="the Inference service (host:port or unix:/path)")
+    se.add_argument("--text", required=True, help='what to look for, e.g. "walking upstairs"')
+    se.add_argument("-k", type=int, default=5, help="hits to print")
+    se.add_argument("--timeout", type=float, default=30.0)
+    se.set_defaults(func=cmd_search)
     lb = sub.add_parser("labels", help="write labeled/val/test windows for finetune from a dataset")
     lb.add_argument("--dataset", default="hapt")
     lb.add_argument("--out", required=True)

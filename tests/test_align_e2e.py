@@ -83,5 +83,40 @@ def test_edge_pulls_and_serves_embed_and_search(cloud, published, tmp_path):
     _edge_checks(folder, test.subset(np.sort(idx)), tmp_path)
 
 
+def _request(ds, idx=None):
+    idx = np.arange(len(ds)) if idx is None else np.asarray(idx)
+    return pb.PredictRequest(windows=[pb.ModalityWindows(modality=m, shape=list(ds.x[m][idx].shape),
+                                                         data=ds.x[m][idx].ravel().tolist()) for m in ds.modalities])
+
+
 def _edge_checks(folder, windows, tmp_path):
-    pytest.skip("edge aligned serving not wired yet")
+    from edge.aligned import AlignedRuntime
+    from edge.index import WindowIndex
+    from edge.service import AlignedHolder, ModelHolder, serve_inference
+    from shared.rpc import InferenceStub
+
+    rt = AlignedRuntime.load(folder)
+    aligned = AlignedHolder(WindowIndex(str(tmp_path / "index.sqlite"), capacity=100), rt)
+    server, port = serve_inference(ModelHolder(), "127.0.0.1:0", aligned=aligned)
+    ch = grpc.insecure_channel("127.0.0.1:{}".format(port))
+    try:
+        stub = InferenceStub(ch)
+        emb = stub.Embed(_request(windows))
+        assert emb.space == "aligned" and emb.dim == 384 and len(emb.embeddings) == len(windows)
+        e = np.array([list(v.values) for v in emb.embeddings])
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+        # the served embedding is the aligned model's (raw windows in, normalization done on the device)
+        np.testing.assert_allclose(e, rt.embed({m: windows.x[m] for m in windows.modalities}), atol=1e-5)
+        hits = stub.Search(pb.SearchRequest(text="a person walking upstairs", k=5))
+        assert hits.index_size == len(windows) and len(hits.hits) == 5 and hits.query == "text"
+        scores = [h.score for h in hits.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert all(h.predicted_activity in rt.classes and h.source == "Embed" for h in hits.hits)
+        own = stub.Search(pb.SearchRequest(embedding=e[7].tolist(), k=1)).hits[0]
+        assert own.score == pytest.approx(1.0, abs=1e-4)
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Search(pb.SearchRequest(text="walking", k=len(windows) + 1))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k" in bad.value.details()
+    finally:
+        ch.close()
+        server.stop(0)

@@ -67,7 +67,7 @@ def add_TrainingServicer_to_server(servicer: Any, server: Any) -> None:
 
 
 def InferenceStub(channel: grpc.Channel) -> Stub:
-    """Client of ``cosmo.v1.Inference`` (edge): Predict, Embed, StreamPredict (bidi stream), Info."""
+    """Client of ``cosmo.v1.Inference`` (edge): Predict, Embed, StreamPredict (bidi stream), Info, Search."""
     return Stub(channel, "cosmo.v1.Inference")
 
 

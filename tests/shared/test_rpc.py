@@ -275,7 +275,7 @@ def test_pb_namespace():
         ("WatchModels", "unary_stream"), ("ReportMetrics", "unary_unary")]
     assert [(m.name, m.kind) for m in rpc.methods("Inference")] == [
         ("Predict", "unary_unary"), ("Embed", "unary_unary"), ("StreamPredict", "stream_stream"),
-        ("Info", "unary_unary")]
+        ("Info", "unary_unary"), ("Search", "unary_unary")]
     with pytest.raises(KeyError, match="NoSuchService"):
         rpc.methods("NoSuchService")
 
