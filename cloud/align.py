@@ -356,3 +356,56 @@ def publish_aligned(registry: Any, folder: str, aliases: Sequence[str] = ("lates
         man = json.load(f, object_pairs_hook=OrderedDict)
     files = OrderedDict((e["path"], (os.path.join(folder, e["path"]), e["kind"])) for e in man["files"])
     return registry.publish(man["name"], files, man, aliases=aliases)
+
+
+# ------------------------------------------------------------------- IMU -> other modality retrieval
+def cross_modal_retrieval(stage1_dir: str, dataset: str = "hapt", split_seed: int = 0, pool: int = 320,
+                          seed: int = 0) -> Dict[str, Any]:
+    """Retrieval between the modalities of ``dataset`` in the shared space of a Cosmo stage-1 model.
+
+    Stage 1's per-modality projection heads map every modality into one D-dim space (the fused views
+    are convex combinations of them), so a window's accelerometer embedding can query the gyroscope
+    (or skeleton, on UTD-MHAD) embeddings of a pool of test windows: one positive per query (the same
+    window), R@1/10/50 and MRR for every ordered pair of modalities, with the pool size. The same model
+    with its random initialization (same seed) is the reference. ``stage1_dir`` holds ``encoders.pt`` and
+    ``stage1_last.pt`` (``cloud-server pretrain`` or the accuracy benchmark); the windows are normalized
+    with training-subject statistics of the subject-wise split ``split_seed`` (as stage 1 saw them).
+    """
+    import torch
+
+    from shared.training.stage1 import CHECKPOINT, ENCODERS, Stage1Model, load_encoder_bundle
+
+    path = os.path.join(stage1_dir, CHECKPOINT)
+    if not os.path.isfile(path):
+        raise DataError("{}: stage-1 checkpoint not found".format(path))
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    ds = load_named(dataset)
+    if len(ds.modalities) < 2:
+        raise DataError("{} has one modality ({}); cross-modal retrieval needs two or more".format(
+            dataset, ds.modalities))
+    split = subject_split(ds, seed=split_seed)
+    test = Normalizer.fit(split.train).apply(split.test)
+    sub = np.sort(np.random.RandomState(seed).choice(len(test), min(pool, len(test)), replace=False))
+    xs = [torch.from_numpy(np.ascontiguousarray(test.x[m][sub])) for m in test.modalities]
+
+    def pairs(model: Any) -> Dict[str, Any]:
+        with torch.no_grad():
+            r = model.eval()(xs).numpy()  # [B, M, D], unit norm per modality
+        return OrderedDict(("{}->{}".format(a, b), retrieval_metrics(r[:, i], r[:, j]))
+                           for i, a in enumerate(test.modalities) for j, b in enumerate(test.modalities) if i != j)
+    encs = load_encoder_bundle(os.path.join(stage1_dir, ENCODERS))
+    trained = Stage1Model(encs, cfg["proj_dim"], cfg["proj_hidden"])
+    trained.load_state_dict(ck["model"])
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    fresh = Stage1Model([build_like(e) for e in encs], cfg["proj_dim"], cfg["proj_hidden"])
+    return {"dataset": dataset, "stage1": stage1_dir, "epochs": int(ck["epoch"]) + 1, "pool": int(len(sub)),
+            "modalities": list(test.modalities), "pretrained": pairs(trained), "random_init": pairs(fresh)}
+
+
+def build_like(encoder: Any) -> Any:
+    """A freshly initialized encoder of the same registry spec."""
+    from shared.models.encoders import build_encoder, encoder_spec
+
+    spec = encoder_spec(encoder)
+    return build_encoder(spec["name"], **spec["config"])

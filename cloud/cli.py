@@ -207,6 +207,22 @@ def cmd_align(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cross_modal(a: argparse.Namespace) -> int:
+    from shared.training.common import write_json
+
+    from .align import cross_modal_retrieval
+    r = cross_modal_retrieval(a.stage1, a.dataset, split_seed=a.split_seed, pool=a.pool)
+    print("IMU -> other modality retrieval on {} test windows of {} (stage 1: {} epochs; one positive per query)"
+          .format(r["pool"], r["dataset"], r["epochs"]))
+    for k in r["pretrained"]:
+        p, f = r["pretrained"][k], r["random_init"][k]
+        print("  {:>12}: R@1 {:.3f}  R@10 {:.3f}  R@50 {:.3f}  MRR {:.3f}   (random init: R@1 {:.3f}, MRR {:.3f})"
+              .format(k, p["R@1"], p["R@10"], p["R@50"], p["MRR"], f["R@1"], f["MRR"]))
+    if a.out:
+        write_json(a.out, r)
+    return 0
+
+
 def cmd_summarize(a: argparse.Namespace) -> int:
     from .align import default_encoder, summarize_recording
     r = summarize_recording(a.model, default_encoder(a.model), a.subject, a.out, min_segment_s=a.min_segment_s)
@@ -298,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--no-progress", action="store_true")
     al.set_defaults(func=cmd_align)
+    cm = sub.add_parser("cross-modal", help="IMU -> other modality retrieval in a stage-1 model's shared space")
+    cm.add_argument("--stage1", required=True, help="folder with encoders.pt and stage1_last.pt")
+    cm.add_argument("--dataset", default="hapt")
+    cm.add_argument("--split-seed", type=int, default=0)
+    cm.add_argument("--pool", type=int, default=320)
+    cm.add_argument("--out", help="write the results as JSON here")
+    cm.set_defaults(func=cmd_cross_modal)
     sm = sub.add_parser("summarize", help="summarize a subject's HAPT recordings with an aligned model")
     sm.add_argument("--model", required=True, help="a `cloud-server align` output folder")
     sm.add_argument("--subject", type=int, required=True)
