@@ -241,9 +241,11 @@ def _timeline_png(true: np.ndarray, pred: np.ndarray, names: List[str], rate: fl
     plt.close(fig)
 
 
-# AlignConfig values the CLI and the ``align`` job use unless told otherwise
-ALIGN_DEFAULTS = OrderedDict([("encoder", "conv1d"), ("encoder_config", {"widths": [64, 64, 64, 32], "out_steps": 8}),
-                              ("optimizer", "adam"), ("lr", 1e-3)])
+# AlignConfig values the CLI and the ``align`` job use unless told otherwise: the winner of
+# benchmarks/alignment.py on HAPT (docs/alignment.md): MW2 with LayerNorm (pool 2 so 128-sample windows
+# leave 7 GRU steps), InfoNCE alone, batch 32, Adam 1e-3
+ALIGN_DEFAULTS = OrderedDict([("encoder", "mw2"), ("encoder_config", {"pool": 2, "norm": "layer"}),
+                              ("optimizer", "adam"), ("lr", 1e-3), ("batch_size", 32), ("epochs", 10)])
 
 
 # ------------------------------------------------------------------------------ publishing to edges

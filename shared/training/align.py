@@ -4,6 +4,19 @@ embeddings with symmetric InfoNCE, optionally plus a distillation term (``Combin
 The text side is given as precomputed embeddings ``[N, D_text]`` (one per window; the text encoder is
 frozen, so computing them once is exact and keeps the loop encoder-agnostic). Model selection uses
 the validation windows' IMU->text MRR; the test split is not touched here.
+
+Objectives (``AlignConfig.objective``; seed paper table 3):
+
+* ``"info_nce"``: symmetric InfoNCE (+ ``lambda_kd`` x the ``kd`` distillation term when ``kd`` is set);
+* ``"triplet"``: :class:`TripletLoss` with a *given* negative: for each window, a random other text of
+  the batch, drawn (seeded) among those whose text differs from its own when there is one (the seed
+  paper takes the negative "from a different class or category"; identical narrations in a batch
+  would otherwise be false negatives);
+* ``"triplet_cyclic"``: :class:`TripletLoss` with the cyclic-shift negative (the next text in the
+  batch), the paper's "Triplet CS".
+
+The triplet losses use squared Euclidean distances between the unit-norm IMU and text embeddings,
+margin 1, batch mean (the paper sums; only the scale differs). ``kd`` is added to them as well when set.
 """
 import copy
 import logging
@@ -18,11 +31,14 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..losses.distillation import CombinedAlignmentLoss
+from ..losses.triplet import TripletLoss
 from ..models.encoders import build_encoder
 from ..retrieval import retrieval_metrics
 from .common import augment, iterate_batches, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
+
+OBJECTIVES = ("info_nce", "triplet", "triplet_cyclic")
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class AlignConfig:
     optimizer: str = "adagrad"
     lr: float = 2e-4
     weight_decay: float = 0.0
+    objective: str = "info_nce"
     kd: str = ""
     lambda_kd: float = 1.0
     init_temperature: float = 0.1
@@ -53,6 +70,54 @@ class AlignConfig:
             raise ConfigError("align: field 'optimizer' must be adam, adagrad or sgd, got {!r}".format(self.optimizer))
         if self.lr <= 0:
             raise ConfigError("align: field 'lr' must be > 0, got {}".format(self.lr))
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("align: field 'objective' must be one of {}, got {!r}".format(
+                ", ".join(OBJECTIVES), self.objective))
+
+
+def _different_text_negatives(text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Index ``[B]`` of a random other row for every row of ``text [B, D]``, preferring rows whose text
+    differs from its own (falls back to any other row when all texts in the batch are identical)."""
+    b = text.shape[0]
+    other = ~torch.eye(b, dtype=torch.bool, device=text.device)
+    differs = other & (torch.cdist(text, text) > 1e-6)
+    allowed = torch.where(differs.any(1, keepdim=True), differs, other)
+    scores = torch.rand(b, b, generator=generator).to(text.device)
+    return torch.where(allowed, scores, torch.full_like(scores, -1.0)).argmax(1)
+
+
+class TripletAlignmentLoss(nn.Module):
+    """Triplet objective for alignment: anchor = IMU embedding, positive = its text, negative = another
+    text of the batch (``negative="given"``: random, seeded; ``"cyclic"``: the next one); plus an
+    optional distillation term like :class:`CombinedAlignmentLoss`. Returns
+    ``{"triplet", "kd", "loss"}``."""
+
+    def __init__(self, negative: str = "given", margin: float = 1.0, kd: Optional[str] = None,
+                 lambda_kd: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        self.triplet = TripletLoss(margin=margin, negative=negative)
+        # reuse CombinedAlignmentLoss only for its KD term (its InfoNCE output is ignored)
+        self.kd = CombinedAlignmentLoss(kd=kd, lambda_kd=lambda_kd).kd if kd else None
+        self.lambda_kd = float(lambda_kd)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.triplet.negative == "given":
+            neg = teacher[_different_text_negatives(teacher.detach(), self.generator)]
+            trip = self.triplet(student, teacher, neg)
+        else:
+            trip = self.triplet(student, teacher)
+        kd = self.kd(student, teacher) if self.kd is not None else trip.new_zeros(())
+        return {"triplet": trip, "kd": kd, "loss": trip + self.lambda_kd * kd}
+
+
+def build_alignment_loss(config: AlignConfig) -> nn.Module:
+    """The training loss of ``config.objective`` (see the module docstring)."""
+    if config.objective == "info_nce":
+        return CombinedAlignmentLoss(kd=config.kd or None, lambda_kd=config.lambda_kd,
+                                     init_temperature=config.init_temperature)
+    return TripletAlignmentLoss(negative="given" if config.objective == "triplet" else "cyclic",
+                                kd=config.kd or None, lambda_kd=config.lambda_kd, seed=config.seed)
 
 
 class AlignModel(nn.Module):
@@ -100,8 +165,7 @@ def train_alignment(x_train: np.ndarray, text_train: np.ndarray, x_val: np.ndarr
     enc_cfg.setdefault("window", int(x_train.shape[1]))
     enc_cfg.setdefault("in_channels", int(x_train.shape[2]))
     model = AlignModel(build_encoder(config.encoder, **enc_cfg), int(text_train.shape[1])).to(device)
-    loss_fn = CombinedAlignmentLoss(kd=config.kd or None, lambda_kd=config.lambda_kd,
-                                    init_temperature=config.init_temperature).to(device)
+    loss_fn = build_alignment_loss(config).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
     opt = {"adam": lambda: torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay),
            "adagrad": lambda: torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay),
