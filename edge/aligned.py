@@ -28,7 +28,7 @@ import numpy as np
 from shared.errors import CosmoError, DataError
 from shared.manifest import read_manifest, schema_normalizer, verify_files
 
-from .runtime import InputError, Runtime, _import_onnxruntime, choose_providers
+from .runtime import InputError, Runtime, _import_onnxruntime, open_session
 
 log = logging.getLogger(__name__)
 KIND = "aligned"
@@ -96,20 +96,7 @@ class AlignedRuntime(object):
 
     def _open_imu(self, ort: Any, providers: Optional[List[str]]) -> None:
         path = os.path.join(self.folder, str(self.manifest["imu_onnx"]))
-        if not os.path.isfile(path):
-            raise DataError("{}: aligned IMU model not found".format(path))
-        self.available_providers = list(ort.get_available_providers())
-        chosen = choose_providers(self.available_providers, providers)
-        err = None  # type: Optional[Exception]
-        while chosen:
-            try:
-                self._session = ort.InferenceSession(path, providers=chosen)
-                break
-            except Exception as e:  # a provider that cannot start: try the next ones
-                log.warning("onnxruntime session with %s failed: %s", chosen, e)
-                err, chosen = e, chosen[1:]
-        if self._session is None:
-            raise CosmoError("{}: onnxruntime could not open the model: {}".format(path, err))
+        self._session, self.available_providers = open_session(ort, path, providers, "aligned IMU model")
         ins = [i.name for i in self._session.get_inputs()]
         outs = [o.name for o in self._session.get_outputs()]
         if ins != [self.input_name] or self.output_name not in outs:

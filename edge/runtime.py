@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -61,6 +61,24 @@ def choose_providers(available: List[str], wanted: Optional[List[str]] = None) -
         raise CosmoError("none of the execution providers {} is available (onnxruntime has {})".format(
             order, list(available)))
     return out
+
+
+def open_session(ort: Any, path: str, providers: Optional[List[str]], what: str = "ONNX model") -> Tuple[Any, List[str]]:
+    """An onnxruntime session of ``path`` with the best providers that start (see ``choose_providers``:
+    a provider that fails to start is dropped and the next ones are tried); returns it with the
+    available providers. Raises ``DataError`` for a missing file, ``CosmoError`` when none starts."""
+    if not os.path.isfile(path):
+        raise DataError("{}: {} not found".format(path, what))
+    available = list(ort.get_available_providers())
+    chosen = choose_providers(available, providers)
+    err = None  # type: Optional[Exception]
+    while chosen:
+        try:
+            return ort.InferenceSession(path, providers=chosen), available
+        except Exception as e:  # a provider that cannot start: try the next ones
+            log.warning("onnxruntime session with %s failed: %s", chosen, e)
+            err, chosen = e, chosen[1:]
+    raise CosmoError("{}: onnxruntime could not open the model: {}".format(path, err))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -119,20 +137,7 @@ class Runtime(object):
 
     def _load_onnx(self, ort: Any, providers: Optional[List[str]]) -> None:
         path = os.path.join(self.model_dir, MODEL_ONNX)
-        if not os.path.isfile(path):
-            raise DataError("{}: ONNX model not found".format(path))
-        self.available_providers = list(ort.get_available_providers())
-        chosen = choose_providers(self.available_providers, providers)
-        err = None  # type: Optional[Exception]
-        while chosen:
-            try:
-                self._session = ort.InferenceSession(path, providers=chosen)
-                break
-            except Exception as e:  # a provider that cannot start: try the next ones
-                log.warning("onnxruntime session with %s failed: %s", chosen, e)
-                err, chosen = e, chosen[1:]
-        if self._session is None:
-            raise CosmoError("{}: onnxruntime could not open the model: {}".format(path, err))
+        self._session, self.available_providers = open_session(ort, path, providers, "ONNX model")
         names = [i.name for i in self._session.get_inputs()]
         if names != self.modalities + [PRESENT]:
             raise DataError("{}: ONNX inputs {} do not match the manifest's modalities {} + {!r}".format(
