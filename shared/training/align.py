@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..losses.distillation import CombinedAlignmentLoss
+from ..losses.distillation import CombinedAlignmentLoss, build_distillation_loss
 from ..losses.triplet import TripletLoss
 from ..models.encoders import build_encoder
 from ..retrieval import retrieval_metrics
@@ -96,8 +96,7 @@ class TripletAlignmentLoss(nn.Module):
                  lambda_kd: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         self.triplet = TripletLoss(margin=margin, negative=negative)
-        # reuse CombinedAlignmentLoss only for its KD term (its InfoNCE output is ignored)
-        self.kd = CombinedAlignmentLoss(kd=kd, lambda_kd=lambda_kd).kd if kd else None
+        self.kd = build_distillation_loss(kd) if kd else None
         self.lambda_kd = float(lambda_kd)
         self.generator = torch.Generator().manual_seed(int(seed))
 
