@@ -128,8 +128,10 @@ def report(root: str, acc: Optional[Dict[str, Any]], stages: Optional[Dict[str, 
     scaling = (stages or {}).get("scaling", {})
     dev = (stages or {}).get("device", {})
     lines = ["# cosmo-har benchmark suite ({})".format("quick run" if quick else "full run"), "",
-             "Host {} ({}, {} CPUs, CUDA {}; Jetson L4T: {}); suite wall time {:.0f} s. Every figure below was "
-             "measured in this run (cached runs of an interrupted invocation included).".format(
+             "Host {} ({}, {} CPUs, CUDA {}; Jetson L4T: {}); wall time of this invocation {:.0f} s. Every figure "
+             "below was measured on this host by this suite; runs cached by an earlier (e.g. interrupted or "
+             "parallel, `--jobs`) invocation into this folder are read back, not re-run (the accuracy report "
+             "gives their summed training time).".format(
                  dev.get("host", socket.gethostname()), dev.get("cpu_model", "?"), dev.get("cpu_count", "?"),
                  dev.get("cuda_device") or "absent", dev.get("jetson_l4t", "?"), seconds), ""]
     if head:
