@@ -18,7 +18,6 @@ an interrupted benchmark resumes where it stopped.
     python benchmarks/ablation.py --out results/ablation-quick --quick
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,18 +35,9 @@ from shared.data.hapt import load_hapt  # noqa: E402
 from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
 from shared.training import (Stage1Config, Stage2Config, build_encoders, evaluate, finetune,  # noqa: E402
                              load_encoder_bundle, pretrain)
-from shared.training.common import write_json  # noqa: E402
+from shared.training.common import cached_json, write_json  # noqa: E402
 
 SETTINGS = [("1/class", None, 1), ("5/class", None, 5), ("1%", 0.01, None), ("5%", 0.05, None)]
-
-
-def _cached(path: str, fn: Any) -> Any:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    out = fn()
-    write_json(path, out)
-    return out
 
 
 def linear_probe(encs: List[torch.nn.Module], lab: Any, val: Any, test: Any) -> Dict[str, float]:
@@ -115,8 +105,8 @@ def main(argv: Any = None) -> int:
         unl = unl.with_labels(np.full(len(unl), -1, np.int64))
         s1dir = os.path.join(a.out, "seed{}".format(seed), "stage1")
         enc_path = os.path.join(s1dir, "encoders.pt")
-        s1 = _cached(os.path.join(s1dir, "summary.json"), partial(_stage1, unl, s1cfg, seed, s1dir))
-        q = _cached(os.path.join(s1dir, "quality.json"), partial(_quality, enc_path, unl, train.num_classes, seed))
+        s1 = cached_json(os.path.join(s1dir, "summary.json"), partial(_stage1, unl, s1cfg, seed, s1dir))
+        q = cached_json(os.path.join(s1dir, "quality.json"), partial(_quality, enc_path, unl, train.num_classes, seed))
         for name, idx in labeled.items():
             lab = train.subset(idx)
             for arm in ("pretrained", "random"):
@@ -124,14 +114,14 @@ def main(argv: Any = None) -> int:
                 key = "{}|{}|{}".format(name, arm, seed)
                 probe_path = os.path.join(a.out, "seed{}".format(seed), "probe_{}_{}.json".format(
                     name.replace("/", "per").replace("%", "pct"), arm))
-                runs[key + "|probe"] = _cached(probe_path, lambda: linear_probe(encs(), lab, val, test))  # noqa: B023
+                runs[key + "|probe"] = cached_json(probe_path, lambda: linear_probe(encs(), lab, val, test))  # noqa: B023
                 bar.update(1)
                 best = None
                 for lr in a.encoder_lrs:
                     cfg = Stage2Config(epochs=a.s2_epochs, encoder_lr=lr, seed=seed, fusion="concat")
                     path = os.path.join(a.out, "seed{}".format(seed), "s2_{}_{}_lr{:g}.json".format(
                         name.replace("/", "per").replace("%", "pct"), arm, lr))
-                    r = _cached(path, lambda: _stage2(encs(), lab, val, test, cfg, q["q"]))  # noqa: B023
+                    r = cached_json(path, lambda: _stage2(encs(), lab, val, test, cfg, q["q"]))  # noqa: B023
                     bar.update(1)
                     if best is None or r["val"]["accuracy"] > best["val"]["accuracy"]:
                         best = dict(r, encoder_lr=lr)

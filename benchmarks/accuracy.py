@@ -27,14 +27,13 @@ changing ``--s1-epochs``/``--s2-epochs``.
     python benchmarks/accuracy.py --out results/accuracy-quick --quick   # a smoke run (about 10 min)
 """
 import argparse
-import json
 import os
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import replace
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ from shared.data.hapt import load_hapt  # noqa: E402
 from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
 from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,  # noqa: E402
                              pretrain)
-from shared.training.common import write_json  # noqa: E402
+from shared.training.common import cached_json, write_json  # noqa: E402
 
 # (name, rate, per_class) per dataset
 SETTINGS = OrderedDict([
@@ -62,15 +61,6 @@ TITLES = {"hapt": "UCI HAPT (acc + gyro, 6 activities, subject-wise split)",
           "basicmotions": "BasicMotions (acc + gyro, 4 activities, original TRAIN/TEST split)"}
 PRETRAINED = ("cmc", "cpc")
 SUPERVISED = ("deepsense", "attnsense")
-
-
-def _cached(path: str, fn: Callable[[], Any]) -> Any:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    out = fn()
-    write_json(path, out)
-    return out
 
 
 def _slug(name: str) -> str:
@@ -250,10 +240,10 @@ def main(argv: Any = None) -> int:
             s1dir = os.path.join(root, "stage1")
             enc["cosmo"] = os.path.join(s1dir, "encoders.pt")
             bar.set_postfix_str("{} seed {} stage 1".format(d, seed))
-            runs["pretrain|{}|cosmo|{}".format(d, seed)] = _cached(
+            runs["pretrain|{}|cosmo|{}".format(d, seed)] = cached_json(
                 os.path.join(s1dir, "summary.json"), partial(_stage1, unl, Stage1Config(
                     epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)), s1dir))
-            q = _cached(os.path.join(s1dir, "quality.json"),
+            q = cached_json(os.path.join(s1dir, "quality.json"),
                         lambda: _quality(load_encoder_bundle(enc["cosmo"]), unl, train.num_classes, seed))  # noqa: B023
             qual["cosmo"] = q["q"]
             runs["quality|{}|cosmo|{}".format(d, seed)] = q
@@ -265,9 +255,9 @@ def main(argv: Any = None) -> int:
                 summ = os.path.join(root, key, "summary.json")
                 if os.path.isfile(summ) and not os.path.isfile(enc[key]):
                     os.remove(summ)
-                runs["pretrain|{}|{}|{}".format(d, key, seed)] = _cached(
+                runs["pretrain|{}|{}|{}".format(d, key, seed)] = cached_json(
                     summ, partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
-                q = _cached(os.path.join(root, key, "quality.json"),
+                q = cached_json(os.path.join(root, key, "quality.json"),
                             lambda: _quality(_load_modules(enc[key]), unl, train.num_classes, seed))  # noqa: B023
                 qual[key] = q["q"]
                 runs["quality|{}|{}|{}".format(d, key, seed)] = q
@@ -281,7 +271,7 @@ def main(argv: Any = None) -> int:
                     bar.set_postfix_str("{} seed {} {} {}".format(d, seed, name, disp))
                     path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
                     try:
-                        r = _cached(path, partial(_run_method, key, kw, enc.get(key), qual.get(key), lab, val, test,
+                        r = cached_json(path, partial(_run_method, key, kw, enc.get(key), qual.get(key), lab, val, test,
                                                   scfg))
                         r.setdefault("epochs", scfg.epochs)
                         runs["{}|{}|{}|{}".format(d, name, disp, seed)] = r
@@ -326,12 +316,12 @@ def _ratio_run(ratio: float, unl: MultimodalDataset, lab: MultimodalDataset, val
                ) -> Dict[str, Any]:
     n = int(min(len(unl), max(2, round(ratio * len(lab)))))
     sub = unl.subset(np.sort(np.random.RandomState(seed).choice(len(unl), n, replace=False)))
-    s1 = _cached(os.path.join(out, "summary.json"),
+    s1 = cached_json(os.path.join(out, "summary.json"),
                  partial(_stage1, sub, Stage1Config(epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(sub)), out))
     enc_path = os.path.join(out, "encoders.pt")
-    q = _cached(os.path.join(out, "quality.json"),
+    q = cached_json(os.path.join(out, "quality.json"),
                 lambda: _quality(load_encoder_bundle(enc_path), sub, num_classes, seed))
-    r = _cached(os.path.join(out, "s2.json"), partial(_run_method, "cosmo", {}, enc_path, q["q"], lab, val, test, cfg))
+    r = cached_json(os.path.join(out, "s2.json"), partial(_run_method, "cosmo", {}, enc_path, q["q"], lab, val, test, cfg))
     return dict(r, unlabeled=n, stage1=s1)
 
 

@@ -37,7 +37,6 @@ Every run is cached as ``runs/<key>.json`` in ``--out`` (an interrupted benchmar
 """
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -57,7 +56,7 @@ from shared.losses.distillation import DISTILLATION_LOSSES  # noqa: E402
 from shared.retrieval import class_map, retrieval_metrics, zero_shot  # noqa: E402
 from shared.text import TextEncoder  # noqa: E402
 from shared.training.align import AlignConfig, embed, train_alignment  # noqa: E402
-from shared.training.common import config_dict, write_json  # noqa: E402
+from shared.training.common import cached_json, config_dict, write_json  # noqa: E402
 
 KD_ORDER = ["similarity_preserving", "nst", "attention_transfer", "correlation_congruence", "pkt", "rkd",
             "fitnets", "activation_boundaries", "soft_target", "logits"]
@@ -386,14 +385,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         key = run_key(r)
         if key in done:
             return done[key]
-        path = os.path.join(args.out, "runs", key + ".json")
-        if os.path.exists(path):
-            with open(path) as f:
-                res = json.load(f)
-        else:
+        def train() -> Dict[str, Any]:
             bar.set_postfix_str(key)
-            res = run_one(r, data, args)
-            write_json(path, res)
+            return run_one(r, data, args)
+        res = cached_json(os.path.join(args.out, "runs", key + ".json"), train)
         done[key] = res
         bar.update(1)
         return res
@@ -417,13 +412,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for r in (row("layer", big), row("layer", small), row("layer", big, kd=best_kd)):
             do(dict(r, seed=sd))
     bar.close()
-    mag_path = os.path.join(args.out, "kd_magnitudes.json")
-    if os.path.exists(mag_path):
-        with open(mag_path) as f:
-            mags = json.load(f)
-    else:
-        mags = kd_magnitudes(data, args, kds)
-        write_json(mag_path, mags)
+    mags = cached_json(os.path.join(args.out, "kd_magnitudes.json"), lambda: kd_magnitudes(data, args, kds))
     main_runs = [r for r in done.values() if r.get("seed") is None]
     results = {"dataset": data["dataset"], "text_encoder": data["text_encoder"], "class_names": data["class_names"],
                "windows": data["windows"], "example_texts": data["example_texts"], "best_kd": best_kd,

@@ -5,7 +5,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type, TypeVar
 
 import numpy as np
 import torch
@@ -172,6 +172,17 @@ def write_json(path: str, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def cached_json(path: str, fn: Callable[[], Any]) -> Any:
+    """The JSON at ``path`` if it exists, else ``fn()``, written there atomically (a resumable run's
+    cache: a run that finished is read back, never redone)."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    out = fn()
+    write_json(path, out)
+    return out
 
 
 def save_torch_atomic(obj: Any, path: str) -> None:
