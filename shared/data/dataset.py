@@ -9,7 +9,7 @@ import os
 import zipfile
 import zlib
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -223,11 +223,7 @@ class MultimodalDataset:
         for p in (npz_path, json_path):
             if not os.path.isfile(p):
                 raise DataError("{}: file not found (a dataset is a .npz + .json pair)".format(p))
-        try:
-            with open(json_path) as f:
-                header = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DataError("{}: not valid JSON: {}".format(json_path, e)) from e
+        header = read_json(json_path)
         if not isinstance(header, dict) or header.get("format") != "cosmo-har/dataset":
             raise DataError("{}: not a cosmo-har dataset header (expected \"format\": \"cosmo-har/dataset\")"
                             .format(json_path))
@@ -252,6 +248,18 @@ class MultimodalDataset:
                        name=str(header.get("name", "")), meta=dict(header.get("meta", {})))
         except DataError as e:
             raise DataError("{}: {}".format(npz_path, e)) from e
+
+
+def read_json(path: str, missing: str = "file not found") -> Any:
+    """The JSON document in ``path``; ``DataError`` naming the file when it is missing (``missing`` says
+    what was expected) or not valid JSON."""
+    if not os.path.isfile(path):
+        raise DataError("{}: {}".format(path, missing))
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
+        raise DataError("{}: not valid JSON: {}".format(path, e)) from e
 
 
 def _strip_ext(p: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from dataclasses import dataclass
 
 from ..errors import DataError
-from .dataset import ModalitySpec, MultimodalDataset
+from .dataset import ModalitySpec, MultimodalDataset, read_json
 
 TEMPLATES = {
     "walking": ["a person walking", "someone walks at a steady pace", "the wearer is walking on level ground",
@@ -107,13 +107,7 @@ class NarratedDataset:
     def load(cls, path: str) -> "NarratedDataset":
         base = path[:-4] if path.endswith(".npz") else path
         p = base + ".texts.json"
-        if not os.path.isfile(p):
-            raise DataError("{}: texts file not found (a narrated dataset is .npz + .json + .texts.json)".format(p))
-        try:
-            with open(p) as f:
-                texts = json.load(f)
-        except ValueError as e:
-            raise DataError("{}: not valid JSON: {}".format(p, e)) from e
+        texts = read_json(p, "texts file not found (a narrated dataset is .npz + .json + .texts.json)")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise DataError("{}: expected a JSON list of strings".format(p))
         return cls(MultimodalDataset.load(base), texts)
@@ -175,13 +169,7 @@ def read_ego4d(imu_dir: str, narrations_json: str, window_s: float = 5.0, rate_h
     ``rate_hz``; narrations whose window runs past the recording are skipped. Subjects = video index,
     labels = -1 (narrations are free text) unless ``class_names`` is given and a narration names one.
     """
-    if not os.path.isfile(narrations_json):
-        raise DataError("{}: narrations file not found".format(narrations_json))
-    try:
-        with open(narrations_json) as f:
-            narr = json.load(f)
-    except ValueError as e:
-        raise DataError("{}: not valid JSON: {}".format(narrations_json, e)) from e
+    narr = read_json(narrations_json, "narrations file not found")
     if not isinstance(narr, dict):
         raise DataError("{}: expected an object video_uid -> list of narrations".format(narrations_json))
     length = int(round(window_s * rate_hz))
