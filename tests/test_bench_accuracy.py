@@ -1,20 +1,12 @@
 """Smoke test of benchmarks/accuracy.py on a tiny synthetic data set (1 epoch everywhere): every method
 runs, the outputs are written, and a second call resumes from the cache without retraining."""
-import importlib.util
 import json
 import os
 from collections import OrderedDict
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", os.path.join(ROOT, "benchmarks", "accuracy.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench import load_benchmark
 
 
 @pytest.fixture()
@@ -24,7 +16,7 @@ def bench(monkeypatch):
     from shared.data.splits import Normalizer, subject_split
     from shared.data.synthetic import make_synthetic
 
-    mod = _load_module()
+    mod = load_benchmark("accuracy")
 
     def prepare(name, seed=0):
         ds = make_synthetic(num_subjects=6, windows_per_subject=24, num_classes=3,

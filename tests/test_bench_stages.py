@@ -1,27 +1,19 @@
 """Smoke test of benchmarks/stages.py on synthetic data only (tiny sizes, 1 epoch): the report files are
 written, the energy source is labeled, every scaling exponent is finite, and a second call reads the
 cached steps back."""
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_stages", os.path.join(ROOT, "benchmarks", "stages.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench import load_benchmark
 
 
 def test_stages_benchmark_synthetic_smoke(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("tqdm")
-    mod = _load_module()
+    mod = load_benchmark("stages")
     argv = ["--out", str(tmp_path), "--run-name", "smoke", "--quick", "--synthetic-only", "--syn-windows", "4",
             "--syn-T", "32", "--syn-s1-epochs", "1", "--syn-s2-epochs", "1", "--idle-s", "0.1", "--threads", "1"]
     assert mod.main(argv) == 0
@@ -49,6 +41,6 @@ def test_stages_benchmark_synthetic_smoke(tmp_path):
 
 
 def test_fit_exponent_recovers_power_law():
-    mod = _load_module()
+    mod = load_benchmark("stages")
     fit = mod.fit_exponent([1, 2, 4, 8], [3.0 * x ** 1.5 for x in (1, 2, 4, 8)])
     assert abs(fit["exponent"] - 1.5) < 1e-9 and abs(fit["r2"] - 1.0) < 1e-9

@@ -1,19 +1,10 @@
 """benchmarks/suite.py: the headline figures it derives from the two benchmarks' JSON, and a real run of
 the suite on tiny synthetic sizes (stages only) writing report.md, report.json and the plot."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location("bench_" + name, os.path.join(ROOT, "benchmarks", name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench import load_benchmark
 
 
 def _cell(accs):
@@ -21,7 +12,7 @@ def _cell(accs):
 
 
 def test_headline_accuracy_picks_the_best_baseline_per_setting():
-    suite = _load("suite")
+    suite = load_benchmark("suite")
     acc = {"tables": {"hapt": {"methods": ["Cosmo", "DeepSense", "CPC"], "rows": [
         {"setting": "1%", "Cosmo": _cell([0.80, 0.90]), "DeepSense": _cell([0.70, 0.80]), "CPC": _cell([0.86, 0.86])},
         {"setting": "5%", "Cosmo": _cell([0.92]), "DeepSense": _cell([0.93]), "CPC": _cell([])}]}}}
@@ -33,7 +24,7 @@ def test_headline_accuracy_picks_the_best_baseline_per_setting():
 
 
 def test_stage2_ratios_divide_wall_times_per_label_rate():
-    suite = _load("suite")
+    suite = load_benchmark("suite")
 
     def step(s):
         return {"cost": {"wall_s": s}}
@@ -47,7 +38,7 @@ def test_stage2_ratios_divide_wall_times_per_label_rate():
 
 
 def test_budget_caps_steps_equally_and_keeps_alternating():
-    acc = _load("accuracy")
+    acc = load_benchmark("accuracy")
     from shared.training import Stage2Config
 
     cfg = Stage2Config(epochs=100, batch_size=16, t_iter=5)
@@ -61,7 +52,7 @@ def test_budget_caps_steps_equally_and_keeps_alternating():
 
 def test_suite_runs_and_writes_one_report(tmp_path):
     pytest.importorskip("matplotlib")
-    suite = _load("suite")
+    suite = load_benchmark("suite")
     stages_args = ("--synthetic-only --syn-windows 4 --syn-T 32 --syn-s1-epochs 1 --syn-s2-epochs 1 --idle-s 0.1")
     rc = suite.main(["--quick", "--only", "stages", "--out", str(tmp_path), "--run-name", "r", "--threads", "1",
                      "--stages-args", stages_args])
