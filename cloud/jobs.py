@@ -21,6 +21,7 @@ from shared.errors import ConfigError
 from shared.training.common import config_from_dict
 from shared.training.stage1 import Stage1Config
 
+from .registry import TERMINAL_STATES as TERMINAL
 from .registry import Conflict, Registry
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ JOB_KEYS = {"label_rate": float, "labels_per_class": int, "split_seed": int, "mo
             "features": str, "model_version": int}
 # align: AlignConfig keys + these (holdout: activities kept out of training; max_windows: cap per split)
 ALIGN_JOB_KEYS = {"split_seed": int, "model_name": str, "holdout": list, "max_windows": int}
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 class Busy(Exception):

@@ -6,7 +6,7 @@ import grpc
 
 from shared.rpc import pb
 
-from .registry import Conflict, DataLoss, NotFound, OutOfRange, RegistryError
+from .registry import JOB_STATES, Conflict, DataLoss, NotFound, OutOfRange, RegistryError
 
 
 def model_version(m: Dict[str, Any]) -> Any:
@@ -34,16 +34,13 @@ def model_event(ev: Dict[str, Any], model: Optional[Dict[str, Any]] = None) -> A
     return msg
 
 
-JOB_STATES = {"QUEUED": 1, "RUNNING": 2, "SUCCEEDED": 3, "FAILED": 4, "CANCELLED": 5}
-
-
 def job(j: Dict[str, Any]) -> Any:
     p = j.get("progress") or {}
     if isinstance(p, str):
         p = json.loads(p) if p else {}
     return pb.Job(
         id=j["id"], kind=j.get("kind", ""), dataset=j.get("dataset", ""), config_json=j.get("config_json", ""),
-        state=JOB_STATES.get(j.get("state", ""), 0), error=j.get("error") or "",
+        state=pb.Job.State.Value(j["state"]) if j.get("state") in JOB_STATES else 0, error=j.get("error") or "",
         model_name=j.get("model_name") or "", model_version=int(j.get("model_version") or 0),
         created_at=str(j.get("created_at", "")), updated_at=str(j.get("updated_at", "")),
         progress=pb.JobProgress(stage=str(p.get("stage", "")), epoch=int(p.get("epoch") or 0),

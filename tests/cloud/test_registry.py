@@ -6,11 +6,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
 from cloud.registry import (
+    MIN_CHUNK_SIZE,
     RESTART_ERROR,
+    SCHEMA_VERSION,
     Conflict,
     DataLoss,
     InvalidArgument,
@@ -18,6 +21,7 @@ from cloud.registry import (
     OutOfRange,
     Registry,
     RegistryError,
+    Retention,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,7 +74,7 @@ def test_publish_two_versions_fills_manifest_and_moves_latest(reg, tmp_path):
     blob = reg.blob_path(m1["files"][0]["sha256"])
     assert blob.read_bytes() == b"one"
     assert blob.parent.name == m1["files"][0]["sha256"][:2] and blob.parent.parent == tmp_path / "data/blobs/sha256"
-    assert (tmp_path / "data/registry.sqlite3").is_file() and reg.schema_version() == 1
+    assert (tmp_path / "data/registry.sqlite3").is_file() and reg.schema_version() == SCHEMA_VERSION
 
     m2 = _publish(reg, tmp_path, aliases=("latest", "stable"))
     assert m2["version"] == 2 and m2["aliases"] == ["latest", "stable"]
@@ -314,17 +318,13 @@ def test_corrupted_blob_detected(reg, tmp_path):
     _flip_byte(path, at=5000)
     with pytest.raises(DataLoss, match="'encoders.onnx'"):
         reg.verify_blob("har", 1, "encoders.onnx")
-    chunks = []
-    with pytest.raises(DataLoss, match="'encoders.onnx'"):
-        for off, _ in reg.read_chunks("har", 1, "encoders.onnx", 0, 1024):
-            chunks.append(off)
-    assert chunks[-1] == 9 * 1024  # everything was read, then the stream failed instead of ending
-    with pytest.raises(DataLoss):  # resume past the corrupted byte: the unsent prefix is hashed too
-        list(reg.read_chunks("har", 1, "encoders.onnx", 8000, 1024))
-    with pytest.raises(DataLoss):  # offset == size: nothing to send, still verified
-        list(reg.read_chunks("har", 1, "encoders.onnx", size))
-    with pytest.raises(DataLoss):  # verify_first: refused before the first chunk
-        reg.read_chunks("har", 1, "encoders.onnx", 8000, verify_first=True)
+    # the blob changed since it was verified: re-hashed before the first byte goes out, from any offset
+    for offset in (0, 8000, size):
+        with pytest.raises(DataLoss, match="'encoders.onnx'"):
+            reg.read_chunks("har", 1, "encoders.onnx", offset)
+    # once found bad it stays refused, whatever its stat looks like now
+    with pytest.raises(DataLoss, match="failed verification"):
+        reg.read_chunks("har", 1, "encoders.onnx")
     _publish(reg, tmp_path, payload=bytes(range(256)) * 40)  # same content again: the blob is repaired
     reg.verify_blob("har", 1, "encoders.onnx")
 
@@ -344,18 +344,49 @@ def test_missing_or_truncated_blob_is_data_loss(reg, tmp_path):
     reg.verify_blob("har", 1, "cfg/config.json")
 
 
-@pytest.mark.parametrize("offset", [0, 1, 999, 1000, 4095, 4096])
+@pytest.mark.parametrize("offset", [0, 1, 999, MIN_CHUNK_SIZE, 3 * MIN_CHUNK_SIZE - 1, 3 * MIN_CHUNK_SIZE])
 def test_read_chunks_from_offset_returns_the_remainder(reg, tmp_path, offset):
-    data = os.urandom(4096)
+    data = os.urandom(3 * MIN_CHUNK_SIZE)
     _publish(reg, tmp_path, payload=data)
-    got = list(reg.read_chunks("har", 1, "encoders.onnx", offset, 1000))
+    got = list(reg.read_chunks("har", 1, "encoders.onnx", offset, 1000))  # raised to the floor
     assert b"".join(b for _, b in got) == data[offset:]
     pos = offset
     for off, b in got:
-        assert off == pos and 0 < len(b) <= 1000
+        assert off == pos and 0 < len(b) <= MIN_CHUNK_SIZE
         pos += len(b)
     whole = list(reg.read_chunks("har", 1, "encoders.onnx", offset, 0))  # 0: the default, 1 MiB
-    assert len(whole) == (offset < 4096) and b"".join(b for _, b in whole) == data[offset:]
+    assert len(whole) == (offset < len(data)) and b"".join(b for _, b in whole) == data[offset:]
+
+
+def test_unchanged_blob_is_served_without_hashing_and_a_blob_changed_mid_send_is_data_loss(reg, tmp_path,
+                                                                                         monkeypatch):
+    import cloud.registry.blobs as blobs
+    data = os.urandom(4 * MIN_CHUNK_SIZE)
+    _publish(reg, tmp_path, payload=data)
+    calls = []
+    monkeypatch.setattr(blobs, "_hash_file", lambda p: calls.append(p) or (_ for _ in ()).throw(AssertionError))
+    assert b"".join(b for _, b in reg.read_chunks("har", 1, "encoders.onnx", 0, MIN_CHUNK_SIZE)) == data
+    assert calls == []  # verified at publish; size, mtime and inode unchanged: no re-hash
+    monkeypatch.undo()
+    path, _, _ = reg.open_blob("har", 1, "encoders.onnx")
+    it = reg.read_chunks("har", 1, "encoders.onnx", 0, MIN_CHUNK_SIZE)
+    next(it)
+    _flip_byte(path, at=3 * MIN_CHUNK_SIZE)  # rewritten while being sent
+    with pytest.raises(DataLoss, match="changed on disk while it was sent"):
+        list(it)
+
+
+def test_scrub_finds_corruption_that_keeps_size_and_mtime(reg, tmp_path):
+    _publish(reg, tmp_path, payload=bytes(range(256)) * 40)
+    path, _, _ = reg.open_blob("har", 1, "encoders.onnx")
+    st = path.stat()
+    _flip_byte(path, at=100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: same size, same mtime
+    assert reg.scrub() == {"checked": 2, "bad": 1, "bytes": 10240 + len(b'{"a": 1}')}
+    with pytest.raises(DataLoss, match="failed verification"):
+        reg.read_chunks("har", 1, "encoders.onnx")
+    _publish(reg, tmp_path, payload=bytes(range(256)) * 40)  # republishing repairs it
+    assert b"".join(b for _, b in reg.read_chunks("har", 1, "encoders.onnx")) == bytes(range(256)) * 40
 
 
 def test_read_chunks_offset_errors(reg, tmp_path):
@@ -447,7 +478,7 @@ def test_no_events_for_a_rolled_back_publish_and_bounded_log(reg, tmp_path, monk
         _publish(reg, tmp_path)
     monkeypatch.undo()
     assert sub.empty()
-    monkeypatch.setattr("cloud.registry.EVENT_LOG_KEEP", 5)
+    reg.retention = Retention(events_keep=5)
     _publish(reg, tmp_path)
     for i in range(10):
         reg.set_alias("har", "a{}".format(i), 1)
@@ -456,8 +487,8 @@ def test_no_events_for_a_rolled_back_publish_and_bounded_log(reg, tmp_path, monk
 
 
 def test_events_pruned_before_delivery_count_as_dropped(tmp_path, monkeypatch):
-    monkeypatch.setattr("cloud.registry.EVENT_LOG_KEEP", 2)
-    with Registry(tmp_path / "data", event_poll_s=1000) as reg, Registry(tmp_path / "data") as other:
+    with Registry(tmp_path / "data", event_poll_s=1000) as reg, \
+            Registry(tmp_path / "data", retention=Retention(events_keep=2)) as other:
         sub = reg.subscribe()
         _publish(other, tmp_path)  # 2 events
         for i in range(4):
@@ -586,3 +617,37 @@ def test_closed_registry_refuses_calls(tmp_path):
     assert sub.get(timeout=0) is None
     with pytest.raises(RegistryError, match="closed"):
         reg.list_versions()
+
+
+def test_retention_bounds_jobs_reports_and_events(tmp_path):
+    with Registry(tmp_path / "data", retention=Retention(jobs_keep=2, reports_keep=3, events_keep=4)) as reg:
+        _publish(reg, tmp_path)
+        for i in range(5):
+            reg.report_metrics("edge-{}".format(i), "har", 1, [], {"acc": 0.5}, "cpu", "CPUExecutionProvider")
+        assert [r["edge_id"] for r in reg.list_reports()] == ["edge-2", "edge-3", "edge-4"]  # bounded on insert
+        jobs = [reg.create_job("pretrain", "synthetic") for _ in range(4)]
+        for j in jobs[:3]:
+            reg.update_job(j["id"], state="SUCCEEDED")
+        pruned = reg.prune()
+        assert pruned["jobs"] == [jobs[0]["id"]]  # the 2 newest finished jobs stay; the queued one too
+        assert [j["id"] for j in reg.list_jobs()] == [j["id"] for j in jobs[1:]]
+        assert reg._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0] <= 4
+        # by age: everything finished is older than a tiny max age
+        reg.retention = Retention(jobs_max_age_s=1e-9, reports_max_age_s=1e-9, events_max_age_s=1e-9)
+        time.sleep(1.1)
+        pruned = reg.prune()
+        assert sorted(pruned["jobs"]) == sorted(j["id"] for j in jobs[1:3]) and pruned["reports"] == 3
+        assert [j["state"] for j in reg.list_jobs()] == ["QUEUED"]  # active jobs are never pruned
+
+
+def test_temp_files_of_a_killed_publish_are_cleaned_at_start(tmp_path):
+    import subprocess
+    import sys
+    with Registry(tmp_path / "data") as reg:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        (reg.tmp_dir / "ingest-{}-abc".format(dead)).write_bytes(b"half a blob")
+        mine = reg.tmp_dir / "ingest-{}-xyz".format(os.getpid())  # a live publish: left alone
+        mine.write_bytes(b"in progress")
+        assert reg.clean_tmp() == 1
+        assert sorted(p.name for p in reg.tmp_dir.iterdir()) == [mine.name]
