@@ -1,21 +1,27 @@
 """Download throughput of the registry over gRPC against a plain TCP socket, on loopback.
 
-Same bytes, same machine, same run: a blob of ``--mb`` MiB is published into a fresh registry and
-(1) streamed with ``ModelRegistry.Download`` (1 MiB chunks by default), (2) fetched with the client
-helper ``shared.client.download_file`` (adds writing to disk and sha256), (3) sent over a plain TCP
-socket by a thread that reads the same blob file. Time to first byte is measured from the request to
-the first chunk. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
+Same bytes, same machine, same run, each server in its own process as in a deployment: a blob of
+``--mb`` MiB is published into a real ``cloud-server serve``'s registry, then, for every chunk size of
+``--chunk-kb`` and ``--repeats`` times (interleaved, so drift hits every path alike):
 
-    python benchmarks/transfer.py --out results/transfer --mb 256 --repeats 5
+1. ``grpc_download``: ``ModelRegistry.Download`` read to the end (the bare stream);
+2. ``client_helper``: ``shared.client.download_file`` (adds sha256, writing to disk, fsync);
+3. ``tcp_socket``: a plain TCP server process that reads the same blob file in 1 MiB blocks and
+   ``sendall``-s them to a client that ``recv_into``-s it (what a bare socket server costs).
+
+Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, and the best
+chunk size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
+
+    python benchmarks/transfer.py --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
 """
 import argparse
 import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Dict, List
 
@@ -24,9 +30,25 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.server import CloudServer  # noqa: E402
+from cloud.registry import Registry  # noqa: E402
 from shared.client import download_file  # noqa: E402
 from shared.rpc import ModelRegistryStub, pb  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TCP_SERVER = r"""
+import os, socket, sys
+path = sys.argv[1]
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    with conn, open(path, "rb") as f:
+        conn.recv(16)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            conn.sendall(block)
+"""
 
 
 def grpc_stream(stub: Any, version: int, chunk: int) -> Dict[str, float]:
@@ -40,20 +62,7 @@ def grpc_stream(stub: Any, version: int, chunk: int) -> Dict[str, float]:
     return {"seconds": time.perf_counter() - t0, "ttfb_s": first or 0.0, "bytes": n}
 
 
-def tcp_stream(path: str, chunk: int) -> Dict[str, float]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
-
-    def send() -> None:
-        conn, _ = srv.accept()
-        with conn, open(path, "rb") as f:
-            conn.recv(16)  # the request
-            for block in iter(lambda: f.read(chunk), b""):
-                conn.sendall(block)
-    th = threading.Thread(target=send)
-    th.start()
+def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
     t0 = time.perf_counter()
     cli = socket.create_connection(("127.0.0.1", port))
     cli.sendall(b"GET")
@@ -68,62 +77,89 @@ def tcp_stream(path: str, chunk: int) -> Dict[str, float]:
         n += k
     dt = time.perf_counter() - t0
     cli.close()
-    th.join()
-    srv.close()
     return {"seconds": dt, "ttfb_s": first or 0.0, "bytes": n}
+
+
+def _start(cmd: List[str], env: Dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
 
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/transfer")
     ap.add_argument("--mb", type=int, default=128, help="blob size in MiB")
-    ap.add_argument("--chunk-kb", type=int, default=1024)
+    ap.add_argument("--chunk-kb", type=int, nargs="+", default=[256, 1024, 3072], help="chunk sizes to compare (KiB)")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
-    chunk = a.chunk_kb * 1024
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    runs: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         blob = os.path.join(tmp, "blob.bin")
         with open(blob, "wb") as f:
             f.write(np.random.RandomState(0).bytes(a.mb << 20))
-        srv = CloudServer(os.path.join(tmp, "data"), "127.0.0.1:0")
-        port = srv.start()
+        data = os.path.join(tmp, "data")
+        with Registry(data) as reg:
+            man = reg.publish("bench", {"blob.bin": (blob, "blob")}, {"format": "cosmo-har/manifest"})
+            stored = str(reg.open_blob("bench", man["version"], "blob.bin")[0])
+        f0 = man["files"][0]
+        ready = os.path.join(tmp, "port")
+        cloud = _start([os.path.join(os.path.dirname(sys.executable), "cloud-server"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0",
+                        "--ready-file", ready], env)
+        tcp = _start([sys.executable, "-c", TCP_SERVER, stored], env)
         try:
-            man = srv.registry.publish("bench", {"blob.bin": (blob, "blob")}, {"format": "cosmo-har/manifest"})
-            f0 = man["files"][0]
-            stored, _, _ = srv.registry.open_blob("bench", man["version"], "blob.bin")
-            ch = grpc.insecure_channel("127.0.0.1:{}".format(port))
+            tcp_port = int(tcp.stdout.readline())
+            for _ in range(600):
+                if os.path.exists(ready):
+                    break
+                time.sleep(0.1)
+            ch = grpc.insecure_channel("127.0.0.1:" + open(ready).read().strip())
             stub = ModelRegistryStub(ch)
-            runs: Dict[str, List[Dict[str, float]]] = {"grpc_download": [], "client_helper": [], "tcp_socket": []}
-            for r in range(a.repeats):
-                runs["grpc_download"].append(grpc_stream(stub, man["version"], chunk))
-                dest = os.path.join(tmp, "got{}.bin".format(r))
-                t0 = time.perf_counter()
-                download_file(stub, "bench", man["version"], "blob.bin", dest, f0["size"], f0["sha256"], chunk_size=chunk)
-                runs["client_helper"].append({"seconds": time.perf_counter() - t0, "ttfb_s": float("nan"),
-                                              "bytes": f0["size"]})
-                os.remove(dest)
-                runs["tcp_socket"].append(tcp_stream(stored, chunk))
+            grpc_stream(stub, man["version"], 1 << 20)  # warm up: connection, page cache
+            for kb in a.chunk_kb:
+                chunk = kb * 1024
+                r = runs[str(kb)] = {"grpc_download": [], "client_helper": [], "tcp_socket": []}
+                for i in range(a.repeats):
+                    r["grpc_download"].append(grpc_stream(stub, man["version"], chunk))
+                    dest = os.path.join(tmp, "got{}.bin".format(i))
+                    t0 = time.perf_counter()
+                    download_file(stub, "bench", man["version"], "blob.bin", dest, f0["size"], f0["sha256"],
+                                  chunk_size=chunk)
+                    r["client_helper"].append({"seconds": time.perf_counter() - t0, "ttfb_s": float("nan"),
+                                               "bytes": f0["size"]})
+                    os.remove(dest)
+                    r["tcp_socket"].append(tcp_stream(tcp_port, chunk))
             ch.close()
         finally:
-            srv.stop(grace=1)
-    summary = {}
-    for k, rs in runs.items():
-        mbps = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
-        ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
-        summary[k] = {"MB_per_s_median": statistics.median(mbps), "MB_per_s": mbps,
-                      "ttfb_ms_median": statistics.median(ttfb) if ttfb else None}
-    ratio = summary["grpc_download"]["MB_per_s_median"] / summary["tcp_socket"]["MB_per_s_median"]
-    result = {"mb": a.mb, "chunk_bytes": chunk, "repeats": a.repeats, "summary": summary,
-              "grpc_over_tcp": ratio, "host": os.uname().nodename, "grpcio": grpc.__version__}
+            for p in (cloud, tcp):
+                p.terminate()
+                p.wait(30)
+    summary: Dict[str, Any] = {}
+    for kb, paths in runs.items():
+        s = summary[kb] = {}
+        for k, rs in paths.items():
+            mbps = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
+            ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
+            s[k] = {"MB_per_s_median": statistics.median(mbps), "MB_per_s": mbps,
+                    "ttfb_ms_median": statistics.median(ttfb) if ttfb else None}
+        s["grpc_over_tcp"] = s["grpc_download"]["MB_per_s_median"] / s["tcp_socket"]["MB_per_s_median"]
+        s["helper_time_over_stream"] = s["grpc_download"]["MB_per_s_median"] / s["client_helper"]["MB_per_s_median"]
+    best = max(summary, key=lambda kb: summary[kb]["grpc_over_tcp"])
+    result = {"mb": a.mb, "repeats": a.repeats, "chunk_kb": a.chunk_kb, "summary": summary, "best_chunk_kb": int(best),
+              "grpc_over_tcp": summary[best]["grpc_over_tcp"], "host": os.uname().nodename, "cpus": os.cpu_count(),
+              "grpcio": grpc.__version__}
     with open(os.path.join(a.out, "transfer.json"), "w") as f:
         json.dump(result, f, indent=2)
-    lines = ["# Download throughput on loopback ({} MiB, {} KiB chunks, median of {})".format(a.mb, a.chunk_kb, a.repeats),
-             "", "| path | MB/s | time to first byte (ms) |", "|---|---|---|"]
-    for k, s in summary.items():
-        lines.append("| {} | {:.0f} | {} |".format(k, s["MB_per_s_median"],
-                                                  "{:.2f}".format(s["ttfb_ms_median"]) if s["ttfb_ms_median"] else "-"))
-    lines += ["", "gRPC Download / plain TCP: {:.2f}".format(ratio)]
+    lines = ["# Download throughput on loopback ({} MiB blob, median of {}; servers in their own processes)".format(
+        a.mb, a.repeats), "",
+        "| chunk (KiB) | gRPC Download MB/s | client helper MB/s | plain TCP MB/s | gRPC / TCP | helper time / stream time "
+        "| first byte gRPC / TCP (ms) |", "|---|---|---|---|---|---|---|"]
+    for kb, s in summary.items():
+        lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} |".format(
+            kb, s["grpc_download"]["MB_per_s_median"], s["client_helper"]["MB_per_s_median"],
+            s["tcp_socket"]["MB_per_s_median"], s["grpc_over_tcp"], s["helper_time_over_stream"],
+            s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"]))
+    lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}).".format(best, summary[best]["grpc_over_tcp"])]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "transfer.md"), "w") as f:
         f.write(text)

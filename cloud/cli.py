@@ -90,10 +90,42 @@ def _read_token(path: Optional[str]) -> Optional[str]:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .server import credentials, serve
+    from .admission import ServerLimits
+    from .registry import Retention
+    from .server import check_listen, credentials, serve
+    check_listen(a.listen)
+    try:
+        limits = ServerLimits(**{f: getattr(a, f) for f in _LIMIT_FLAGS})
+        retention = Retention(**{f: getattr(a, f) for f in _RETENTION_FLAGS})
+    except ValueError as e:
+        raise CosmoError(str(e).replace("retention ", "--").replace("_", "-")) from None
     return serve(a.data_dir, a.listen, token=_read_token(a.token_file),
                  tls=credentials(a.tls_cert, a.tls_key, a.tls_ca), max_jobs=a.max_jobs, grace=a.grace,
-                 ready_file=a.ready_file)
+                 ready_file=a.ready_file, limits=limits, retention=retention, prune_interval_s=a.prune_interval_s,
+                 scrub_interval_s=a.scrub_interval_s)
+
+
+# ``serve`` flags of ServerLimits and Retention fields (defaults and help from the dataclasses)
+_LIMIT_FLAGS = {
+    "max_rpcs": "unary cosmo calls in flight; more get RESOURCE_EXHAUSTED at once",
+    "max_streams": "server streams open (Download, WatchModels, WatchJob)",
+    "max_watchers": "WatchModels + WatchJob streams open (one or two per edge agent)",
+    "max_downloads": "Download streams open",
+    "stream_idle_s": "end a stream whose reader has not taken a message for this many seconds",
+    "stream_max_s": "a stream's whole life in seconds (watchers then re-subscribe, downloads resume)",
+    "keepalive_s": "HTTP/2 ping interval in seconds on every connection",
+    "keepalive_timeout_s": "seconds a peer has to answer a ping before its connection is dropped",
+    "max_message_bytes": "largest request message accepted, in bytes",
+    "executor_threads": "threads for blocking registry work (SQLite, blob reads)",
+}
+_RETENTION_FLAGS = {
+    "jobs_keep": "finished jobs kept (and their folders)",
+    "jobs_max_age_s": "finished jobs older than this many seconds are removed",
+    "reports_keep": "edge metric reports kept",
+    "reports_max_age_s": "edge metric reports older than this many seconds are removed",
+    "events_keep": "rows of the event log kept (it feeds live delivery only)",
+    "events_max_age_s": "event log rows older than this many seconds are removed",
+}
 
 
 def _print_job(j: Any) -> None:
@@ -268,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
     sv.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
     sv.add_argument("--ready-file", help="write the bound port here once serving")
+    from .admission import ServerLimits
+    from .registry import Retention
+    for cls, flags in ((ServerLimits, _LIMIT_FLAGS), (Retention, _RETENTION_FLAGS)):
+        defaults = cls()
+        for f, text in flags.items():
+            value = getattr(defaults, f)
+            sv.add_argument("--" + f.replace("_", "-"), type=type(value), default=value,
+                            help="{} (default {})".format(text, value))
+    sv.add_argument("--prune-interval-s", type=float, default=600.0,
+                    help="seconds between retention passes (0: never; default 600)")
+    sv.add_argument("--scrub-interval-s", type=float, default=6 * 3600.0,
+                    help="seconds between re-hashes of every blob (0: never; default 21600)")
     sv.set_defaults(func=cmd_serve)
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,245 +1,183 @@
-"""``cloud-server serve``: the gRPC daemon (ModelRegistry + Training, health, reflection).
+"""``cloud-server serve``: the gRPC daemon (ModelRegistry + Training, health, reflection) on ``grpc.aio``.
 
-Servicers are thin: they validate, call the registry or the job runner, and convert with ``serde``;
-every error is mapped to a canonical status code in one place (``_guard``). A bad request never
-disturbs other clients or the registry.
+One asyncio event loop (in its own thread, so ``CloudServer`` can be started and stopped from plain
+code and tests) serves every RPC: long-lived streams are coroutines, blocking registry work goes to
+one bounded executor (``ServerLimits.executor_threads``), training runs in worker processes (the job
+runner). Limits, keepalive and the status codes over them: ``cloud.admission``. Background upkeep on
+the loop: retention of jobs/reports/events (``--prune-interval-s``) and a blob scrub
+(``--scrub-interval-s``).
 """
+from __future__ import annotations
+
+import asyncio
 import logging
 import os
-import queue
+import resource
+import shutil
 import signal
 import threading
-from concurrent import futures
-from typing import Any, Callable, Iterator, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.errors import CosmoError
-from shared.rpc import (SERVICE_NAMES, add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server,
-                        enable_reflection, pb)
+from shared.rpc import add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server, enable_reflection
 
-from . import serde
-from .jobs import TERMINAL, Busy, JobRunner
-from .registry import Registry
+from .admission import Admission, ServerLimits, TokenAuth
+from .jobs import JobRunner, job_dir
+from .registry import Registry, Retention
+from .servicers import Blocking, ModelEvents, ModelRegistryServicer, TrainingServicer
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK = 1 << 20
-MAX_CHUNK = 3 << 20  # stays under gRPC's default 4 MiB message limit, which is never raised
+SERVICES = ("cosmo.v1.ModelRegistry", "cosmo.v1.Training")  # what this daemon serves (health, reflection)
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-def _abort(context: grpc.ServicerContext, err: BaseException) -> None:
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(err, Busy) else (
-        grpc.StatusCode.INVALID_ARGUMENT if isinstance(err, CosmoError) else serde.status_of(err))
-    if code == grpc.StatusCode.INTERNAL:
-        log.exception("internal error")
-    context.abort(code, str(err))
+def check_listen(listen: str) -> str:
+    """``host:port`` (port 0..65535; 0: any free port), ``[v6]:port`` or ``unix:/path``; else ``CosmoError``
+    naming ``--listen``."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return listen
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CosmoError("--listen {!r}: expected host:port with a port in 0..65535 (or unix:/path)".format(listen))
+    return listen
 
 
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map exceptions of a unary handler to status codes."""
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (every edge connection is a file descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
         try:
-            return fn(self, request, context)
-        except Exception as e:  # grpc's own abort raises too; re-raise that untouched
-            if isinstance(e, grpc.RpcError) or context.code() is not None:
-                raise
-            _abort(context, e)
-    wrapper.__name__ = fn.__name__
-    return wrapper
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
-def _guard_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            for item in fn(self, request, context):
-                yield item
-        except Exception as e:
-            if isinstance(e, grpc.RpcError) or context.code() is not None:
-                raise
-            _abort(context, e)
-    wrapper.__name__ = fn.__name__
-    return wrapper
+class CloudServer:
+    """The daemon: gRPC aio server + registry + job runner. ``start()`` returns the bound port."""
 
-
-class ModelRegistryServicer(object):
-    def __init__(self, registry: Registry, stopping: threading.Event) -> None:
-        self.registry, self.stopping = registry, stopping
-
-    @_guard
-    def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.ListModelsResponse(versions=[serde.model_version(m)
-                                               for m in self.registry.list_versions(request.name or None)])
-
-    @_guard
-    def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.name:
-            raise ValueError("field 'name' is required")
-        which = request.WhichOneof("ref")
-        if which == "version":
-            m = self.registry.get(request.name, version=request.version)
-        else:
-            m = self.registry.get(request.name, alias=request.alias or "latest")
-        return serde.model_version(m)
-
-    @_guard_stream
-    def Download(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        if not request.name or not request.file or request.version <= 0:
-            raise ValueError("fields 'name', 'version' (> 0) and 'file' are required")
-        if request.offset < 0:
-            raise ValueError("field 'offset' must be >= 0, got {}".format(request.offset))
-        if request.chunk_size < 0 or request.chunk_size > MAX_CHUNK:
-            raise ValueError("field 'chunk_size' must be in [0, {}] bytes, got {}".format(MAX_CHUNK, request.chunk_size))
-        _, size, sha = self.registry.open_blob(request.name, request.version, request.file)
-        for off, data in self.registry.read_chunks(request.name, request.version, request.file, request.offset,
-                                                   request.chunk_size or DEFAULT_CHUNK):
-            if not context.is_active():
-                return
-            yield pb.Chunk(offset=off, data=data, size=size, sha256=sha)
-
-    @_guard_stream
-    def WatchModels(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        q = self.registry.subscribe()
-        try:
-            if request.send_current:
-                for m in self.registry.list_versions(request.name or None):
-                    yield serde.model_event({"kind": "CURRENT", "name": m["name"], "version": m["version"]}, m)
-            while context.is_active() and not self.stopping.is_set():
-                try:
-                    ev = q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if ev is None:  # the registry closed the subscription
-                    return
-                if request.name and ev.get("name") != request.name:
-                    continue
-                model = None
-                if ev["kind"] != "DELETED":
-                    try:
-                        model = self.registry.get(ev["name"], version=ev["version"])
-                    except Exception:  # deleted since; send the event without it
-                        model = None
-                yield serde.model_event(ev, model)
-        finally:
-            self.registry.unsubscribe(q)
-
-    @_guard
-    def ReportMetrics(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.edge_id:
-            raise ValueError("field 'edge_id' is required")
-        stages = [{"stage": s.stage, "wall_seconds": s.wall_seconds, "cpu_seconds": s.cpu_seconds,
-                   "energy_joules": s.energy_joules, "energy_source": s.energy_source,
-                   "peak_memory_mb": s.peak_memory_mb} for s in request.stages]
-        rid = self.registry.report_metrics(request.edge_id, request.name, int(request.version), stages,
-                                           dict(request.metrics), request.device, request.execution_provider)
-        return pb.ReportMetricsResponse(report_id=int(rid))
-
-
-class TrainingServicer(object):
-    def __init__(self, registry: Registry, runner: JobRunner, stopping: threading.Event, poll_s: float = 0.25) -> None:
-        self.registry, self.runner, self.stopping, self.poll_s = registry, runner, stopping, poll_s
-
-    @_guard
-    def SubmitJob(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.job(self.runner.submit(request.kind, request.dataset, request.config_json))
-
-    @_guard
-    def GetJob(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.job(self.registry.get_job(request.id))
-
-    @_guard_stream
-    def WatchJob(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        """The job now, then every update (each one, as the registry's job events carry the state), until
-        it ends. Updates written by worker processes arrive through the registry's event log."""
-        sub = self.registry.subscribe_jobs(request.id)
-        try:
-            j = self.registry.get_job(request.id)
-            yield serde.job(j)
-            while j["state"] not in TERMINAL and context.is_active() and not self.stopping.is_set():
-                try:
-                    ev = sub.get(timeout=self.poll_s)
-                except queue.Empty:
-                    continue
-                if ev is None:  # the registry closed the subscription
-                    return
-                j = ev["job"]
-                yield serde.job(j)
-        finally:
-            self.registry.unsubscribe(sub)
-
-    @_guard
-    def CancelJob(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return serde.job(self.runner.cancel(request.id))
-
-
-class TokenAuth(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every cosmo RPC (health and reflection stay open)."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or not details.method.startswith("/cosmo."):
-            return handler
-        meta = dict(details.invocation_metadata or ())
-        if meta.get("authorization") == "Bearer " + self.token:
-            return handler
-
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
-
-
-class CloudServer(object):
-    """The daemon: gRPC server + registry + job runner. ``start()`` returns the bound port."""
-
-    def __init__(self, data_dir: str, listen: str = "127.0.0.1:0", token: Optional[str] = None,
-                 tls: Optional[grpc.ServerCredentials] = None, max_jobs: int = 1, max_queued: int = 4,
-                 workers: int = 16) -> None:
+    def __init__(self, data_dir: str, listen: str = "127.0.0.1:0", token: str | None = None,
+                 tls: grpc.ServerCredentials | None = None, max_jobs: int = 1, max_queued: int = 4,
+                 limits: ServerLimits | None = None, retention: Retention | None = None,
+                 prune_interval_s: float = 600.0, scrub_interval_s: float = 6 * 3600.0) -> None:
+        self.listen = check_listen(listen)
         os.makedirs(data_dir, exist_ok=True)
-        self.data_dir, self.listen = data_dir, listen
-        self.registry = Registry(data_dir)
-        self.stopping = threading.Event()
+        self.data_dir = data_dir
+        self.limits = limits or ServerLimits()
+        self.token, self.tls = token, tls
+        self.prune_interval_s, self.scrub_interval_s = prune_interval_s, scrub_interval_s
+        self.registry = Registry(data_dir, retention=retention)
         self.runner = JobRunner(self.registry, data_dir, max_jobs=max_jobs, max_queued=max_queued)
-        interceptors = [TokenAuth(token)] if token else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
-        add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry, self.stopping), self.server)
-        add_TrainingServicer_to_server(TrainingServicer(self.registry, self.runner, self.stopping), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        enable_reflection(self.server, [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
-        self.port = self.server.add_secure_port(listen, tls) if tls else self.server.add_insecure_port(listen)
-        if not self.port:
-            raise CosmoError("cannot listen on {}".format(listen))
+        self.admission = Admission(self.limits)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cloud-aio", daemon=True)
+        self._scrub_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-scrub")
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = threading.Event()
+
+    # -- lifecycle (called from any thread but the loop's)
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def start(self) -> int:
+        self._thread.start()
+        try:
+            self.port = self._call(self._start())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self.registry.close()
+            raise
         self.runner.start()
-        self.server.start()
-        for name in [""] + list(SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("cloud-server listening on port %d, data dir %s", self.port, self.data_dir)
+        log.info("cloud-server listening on %s (port %d), data dir %s", self.listen, self.port, self.data_dir)
         return self.port
 
+    async def _start(self) -> int:
+        self.registry.clean_tmp()
+        self.blocking = Blocking(self.limits.executor_threads)
+        self.events = ModelEvents(self.registry, self.blocking)
+        self.server = grpc.aio.server(interceptors=[TokenAuth(self.token)] if self.token else [],
+                                      options=self.limits.grpc_options())
+        add_ModelRegistryServicer_to_server(
+            ModelRegistryServicer(self.registry, self.admission, self.blocking, self.events), self.server)
+        add_TrainingServicer_to_server(TrainingServicer(self.registry, self.runner, self.admission, self.blocking),
+                                       self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        enable_reflection(self.server, services=SERVICES, extra_service_names=[HEALTH])
+        try:
+            port = (self.server.add_secure_port(self.listen, self.tls) if self.tls
+                    else self.server.add_insecure_port(self.listen))
+        except RuntimeError as e:  # grpcio >= 1.5x raises where older ones returned 0
+            raise CosmoError("--listen {}: cannot bind ({}); is another daemon on that port?".format(
+                self.listen, e)) from None
+        if not port and not self.listen.startswith("unix"):
+            raise CosmoError("--listen {}: cannot bind; is another daemon on that port?".format(self.listen))
+        await self.server.start()
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [asyncio.create_task(self._every(self.prune_interval_s, self._prune, "retention")),
+                       asyncio.create_task(self._every(self.scrub_interval_s, self._scrub, "scrub", first=60.0))]
+        return port
+
     def stop(self, grace: float = 5.0) -> None:
-        """Health NOT_SERVING, in-flight RPCs get ``grace`` seconds, running jobs are interrupted
-        (checkpointed every epoch) and re-queued for the next start."""
-        for name in [""] + list(SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.stopping.set()
-        ev = self.server.stop(grace)
-        self.runner.shutdown()
-        ev.wait(grace + 1)
-        log.info("cloud-server stopped")
+        """Health NOT_SERVING, watchers end, in-flight RPCs get ``grace`` seconds, running jobs are
+        interrupted (checkpointed every epoch) and re-queued for the next start. Idempotent."""
+        if self._stopped.is_set() or not self._thread.is_alive():
+            return
+        self._stopped.set()
+        try:
+            self._call(self._stop(grace), timeout=grace + 30)
+        finally:
+            self.runner.shutdown()
+            self._scrub_pool.shutdown(wait=False, cancel_futures=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self.registry.close()
+            log.info("cloud-server stopped")
+
+    async def _stop(self, grace: float) -> None:
+        for name in ("",) + SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for t in self._tasks:
+            t.cancel()
+        self.events.close()
+        await self.server.stop(grace)
+        self.blocking.shutdown()
+
+    # -- upkeep
+
+    async def _every(self, interval_s: float, fn: Any, what: str, first: float = 0.0) -> None:
+        if interval_s <= 0:
+            return
+        await asyncio.sleep(first)
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; retrying in %.0f s", what, interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def _prune(self) -> None:
+        pruned = await self.blocking(self.registry.prune)
+        for job_id in pruned["jobs"]:
+            shutil.rmtree(job_dir(self.data_dir, job_id), ignore_errors=True)
+
+    async def _scrub(self) -> None:
+        stop = self._stopped.is_set
+        await self._loop.run_in_executor(self._scrub_pool, lambda: self.registry.scrub(pause_s=0.05, stop=stop))
 
 
-def credentials(cert: Optional[str], key: Optional[str], ca: Optional[str]) -> Optional[grpc.ServerCredentials]:
+def credentials(cert: str | None, key: str | None, ca: str | None) -> grpc.ServerCredentials | None:
     """TLS (cert + key) or mTLS (also ca: clients must present a certificate it signed)."""
     if not cert and not key:
         if ca:
@@ -247,17 +185,30 @@ def credentials(cert: Optional[str], key: Optional[str], ca: Optional[str]) -> O
         return None
     if not (cert and key):
         raise CosmoError("TLS needs both --tls-cert and --tls-key")
-    def read(p: str) -> bytes:
-        with open(p, "rb") as f:
-            return f.read()
-    return grpc.ssl_server_credentials([(read(key), read(cert))], root_certificates=read(ca) if ca else None,
+
+    def read(p: str, flag: str) -> bytes:
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise CosmoError("{} {}: {}".format(flag, p, e.strerror)) from None
+    return grpc.ssl_server_credentials([(read(key, "--tls-key"), read(cert, "--tls-cert"))],
+                                       root_certificates=read(ca, "--tls-ca") if ca else None,
                                        require_client_auth=bool(ca))
 
 
-def serve(data_dir: str, listen: str, token: Optional[str] = None, tls: Optional[grpc.ServerCredentials] = None,
-          max_jobs: int = 1, grace: float = 5.0, ready_file: Optional[str] = None) -> int:
+def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.ServerCredentials | None = None,
+          max_jobs: int = 1, grace: float = 5.0, ready_file: str | None = None, limits: ServerLimits | None = None,
+          retention: Retention | None = None, prune_interval_s: float = 600.0,
+          scrub_interval_s: float = 6 * 3600.0) -> int:
     """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once serving."""
-    srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs)
+    fds = raise_fd_limit()
+    srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs, limits=limits, retention=retention,
+                      prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s)
+    need = srv.limits.max_streams + srv.limits.max_rpcs + 64
+    if fds < need:
+        log.warning("open-file limit %d is below --max-streams + --max-rpcs + 64 = %d: connections past it "
+                    "will be refused by the kernel", fds, need)
     port = srv.start()
     if ready_file:
         tmp = ready_file + ".tmp"
@@ -276,4 +227,4 @@ def serve(data_dir: str, listen: str, token: Optional[str] = None, tls: Optional
     return 0
 
 
-__all__: List[str] = ["CloudServer", "serve", "credentials", "TokenAuth"]
+__all__ = ["CloudServer", "SERVICES", "ServerLimits", "check_listen", "credentials", "serve"]

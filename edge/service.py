@@ -366,7 +366,7 @@ def serve_inference(holder: ModelHolder, listen: str = DEFAULT_LISTEN, max_batch
     rpc.add_InferenceServicer_to_server(InferenceServicer(holder, max_batch=max_batch, aligned=aligned), server)
     health = rpc.add_health(server, service_names=(SERVICE,))
     try:
-        rpc.enable_reflection(server, extra_service_names=["grpc.health.v1.Health"])
+        rpc.enable_reflection(server, services=(SERVICE,), extra_service_names=["grpc.health.v1.Health"])
     except ImportError:
         log.warning("grpcio-reflection is not installed; serving without reflection")
     port = server.add_insecure_port(listen)

@@ -225,6 +225,11 @@ class Events:
             self._pump()
 
 
+    @property
+    def last_event_id(self) -> int:
+        """Id (``seq``) of the last event delivered to this object's subscribers."""
+        return self._last_event
+
     def _close_events(self) -> None:
         self._tail_stop.set()
         if self._tailer is not None and self._tailer is not threading.current_thread():

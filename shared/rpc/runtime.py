@@ -208,16 +208,23 @@ def method_handlers(service: str, servicer: Any,
 
     A servicer method is named like its RPC and has grpc's signature: ``ListModels(request, context)``
     (unary request) or ``Upload(request_iterator, context)`` (client-streaming); server-streaming ones
-    return or yield an iterator of responses.
+    return or yield an iterator of responses. A response may also be its serialized ``bytes``.
     """
     out = {}
     for m in _get(contract).service(service)[1]:
         fn = getattr(servicer, m.name, None)
         if callable(fn):
             make = _KINDS[(m.client_streaming, m.server_streaming)][1]
-            out[m.name] = make(fn, request_deserializer=m.request.FromString,
-                               response_serializer=m.response.SerializeToString)
+            out[m.name] = make(fn, request_deserializer=m.request.FromString, response_serializer=_serialize)
     return out
+
+
+def _serialize(response: Any) -> bytes:
+    """A response message's wire bytes; ``bytes`` pass through, so a servicer may send a message it encoded
+    itself (the cloud's Download wraps file chunks that way instead of copying them through a message)."""
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
 
 
 def add_servicer_to_server(service: str, servicer: Any, server: Any, contract: Optional[Contract] = None) -> None:
@@ -273,14 +280,15 @@ class _ReflectionPool(object):
         return message.file.pool.FindAllExtensions(message)
 
 
-def enable_reflection(server: Any, extra_service_names: Iterable[str] = ()) -> Tuple[str, ...]:
-    """Serve ``grpc.reflection.v1alpha`` on ``server`` for the cosmo services, ``extra_service_names``
-    (e.g. ``grpc.health.v1.Health``) and reflection itself. Needs grpcio-reflection (1.48 or newer).
-    Returns the service names it lists."""
+def enable_reflection(server: Any, services: Iterable[str] = SERVICE_NAMES,
+                      extra_service_names: Iterable[str] = ()) -> Tuple[str, ...]:
+    """Serve ``grpc.reflection.v1alpha`` on ``server`` for the cosmo ``services`` it serves (list exactly
+    those), ``extra_service_names`` (e.g. ``grpc.health.v1.Health``) and reflection itself. Needs
+    grpcio-reflection (1.48 or newer). Returns the service names it lists."""
     from google.protobuf import descriptor_pool as dp
     from grpc_reflection.v1alpha import reflection
 
-    names = tuple(SERVICE_NAMES) + tuple(extra_service_names) + (reflection.SERVICE_NAME,)
+    names = tuple(services) + tuple(extra_service_names) + (reflection.SERVICE_NAME,)
     reflection.enable_server_reflection(names, server, pool=_ReflectionPool(descriptor_pool(), dp.Default()))
     return names
 

@@ -1,0 +1,187 @@
+"""What a client may hold of the cloud daemon, and the gate that enforces it.
+
+Every resource a client can hold has a limit (``ServerLimits``, one ``cloud-server serve`` flag each).
+Over a limit a call gets ``RESOURCE_EXHAUSTED`` at once, never a queue or a hang. Health checks and
+reflection are never counted (they run on the event loop, outside every limit and executor), and the
+token check runs before admission, so unauthenticated calls never take capacity from authenticated ones.
+
+All counters live on the daemon's one event-loop thread, so they need no lock.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import grpc
+
+from .registry import MAX_CHUNK_SIZE
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Limits of one ``cloud-server serve`` (counts; seconds; bytes). Defaults fit 1,000 edges on 2 cores.
+
+    ``max_rpcs``: unary cosmo calls in flight (ListModels, GetManifest, ReportMetrics, SubmitJob, ...).
+    ``max_streams``: server streams open (Download, WatchModels, WatchJob), watchers included.
+    ``max_watchers``: WatchModels + WatchJob streams open (each edge agent holds one or two).
+    ``max_downloads``: Download streams open.
+    ``stream_idle_s``: a stream whose reader has not taken the next message for this long is ended
+    (DEADLINE_EXCEEDED): a stalled reader costs at most its flow-control window, and only this long.
+    ``stream_max_s``: a stream's whole life. A watch then ends normally (the edge re-subscribes with
+    ``send_current``); a Download ends with DEADLINE_EXCEEDED (the client resumes from its offset).
+    ``keepalive_s`` / ``keepalive_timeout_s``: HTTP/2 pings on every connection; a peer that does not
+    answer within the timeout (a dead edge behind a half-open connection) is disconnected and its
+    streams freed.
+    ``max_message_bytes``: largest request accepted (responses: a Download chunk is at most 3 MiB).
+    ``executor_threads``: threads for blocking registry work (SQLite reads/writes, blob reads).
+    """
+
+    max_rpcs: int = 256
+    max_streams: int = 4096
+    max_watchers: int = 3072
+    max_downloads: int = 1024
+    stream_idle_s: float = 60.0
+    stream_max_s: float = 3600.0
+    keepalive_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    max_message_bytes: int = 4 * MiB
+    executor_threads: int = 8
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError("--{} must be a number > 0, got {!r}".format(f.name.replace("_", "-"), v))
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """Channel arguments of the server: keepalive, message sizes, and no port sharing (SO_REUSEPORT
+        would let a second daemon bind the same port and silently split requests between registries)."""
+        return [
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),  # grpcio >= 1.6x: the ack timer
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),  # edges may ping every 5 s
+            ("grpc.max_receive_message_length", int(self.max_message_bytes)),
+            ("grpc.max_send_message_length", MAX_CHUNK_SIZE + MiB),
+        ]
+
+
+class Admission:
+    """Counts of what is open, checked against ``ServerLimits`` (used only on the event-loop thread)."""
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.rpcs = self.streams = self.watchers = self.downloads = 0
+        self.refused = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {"rpcs": self.rpcs, "streams": self.streams, "watchers": self.watchers, "downloads": self.downloads,
+                "refused": self.refused}
+
+    def _over(self, kind: str) -> str | None:
+        lim = self.limits
+        if kind == "rpc":
+            return None if self.rpcs < lim.max_rpcs else "{} calls in flight (--max-rpcs {})".format(
+                self.rpcs, lim.max_rpcs)
+        if self.streams >= lim.max_streams:
+            return "{} streams open (--max-streams {})".format(self.streams, lim.max_streams)
+        if kind == "watch" and self.watchers >= lim.max_watchers:
+            return "{} watchers open (--max-watchers {})".format(self.watchers, lim.max_watchers)
+        if kind == "download" and self.downloads >= lim.max_downloads:
+            return "{} downloads open (--max-downloads {})".format(self.downloads, lim.max_downloads)
+        return None
+
+    def _add(self, kind: str, n: int) -> None:
+        if kind == "rpc":
+            self.rpcs += n
+            return
+        self.streams += n
+        if kind == "watch":
+            self.watchers += n
+        elif kind == "download":
+            self.downloads += n
+
+    async def enter(self, kind: str, context: grpc.aio.ServicerContext) -> None:
+        why = self._over(kind)
+        if why is not None:
+            self.refused += 1
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {}; retry later".format(why))
+        self._add(kind, 1)
+
+    def leave(self, kind: str) -> None:
+        self._add(kind, -1)
+
+
+class Stream:
+    """One server stream's clock: ``send`` ends a reader stalled past ``stream_idle_s``; ``left()`` is
+    what remains of ``stream_max_s``."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, limits: ServerLimits) -> None:
+        self.context, self.limits = context, limits
+        self.deadline = time.monotonic() + limits.stream_max_s
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    async def send(self, msg: Any) -> None:
+        try:
+            await asyncio.wait_for(self.context.write(msg), self.limits.stream_idle_s)
+        except asyncio.TimeoutError:
+            await abort(self.context, grpc.StatusCode.DEADLINE_EXCEEDED, "reader stalled for over {:g} s "
+                        "(--stream-idle-s)".format(self.limits.stream_idle_s))
+
+
+class PeerGone(Exception):
+    """The call can no longer be answered (the client vanished while a write or the status was pending)."""
+
+
+ABORT_WAIT_S = 0.5  # a status queued behind data a stalled reader never takes is not waited for longer
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """``context.abort`` that raises ``PeerGone`` instead of grpc's internal errors when the call is dead,
+    and instead of waiting when the status cannot go out (queued behind unread data of a stalled reader:
+    it is still delivered if the reader ever reads on; the handler and its slot are freed now)."""
+    try:
+        await asyncio.wait_for(context.abort(code, details), ABORT_WAIT_S)
+    except grpc.aio.AbortError:
+        raise
+    except asyncio.TimeoutError:
+        raise PeerGone("status queued behind unread data") from None
+    except Exception as e:  # cygrpc ExecuteBatchError / UsageError: nobody to send the status to
+        raise PeerGone(type(e).__name__) from None
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every cosmo RPC (health and reflection stay open).
+    Runs before the servicer, so a refused call never counts against the limits."""
+
+    def __init__(self, token: str) -> None:
+        self.expected = ("Bearer " + token).encode()
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/cosmo."):
+            return handler
+        got = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(got).encode(), self.expected):
+            return handler
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)

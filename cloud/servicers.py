@@ -1,0 +1,325 @@
+"""The cloud's gRPC servicers (``cosmo.v1.ModelRegistry``, ``cosmo.v1.Training``) on ``grpc.aio``.
+
+Thin, as the serving model wants them: each call is admitted or refused at once (``cloud.admission``),
+blocking registry work goes to a bounded executor, and errors map to status codes in one place
+(``_status``). Long-lived streams are coroutines, never pinned threads:
+
+* ``WatchModels``: every watcher is an asyncio queue fed by **one** registry subscription
+  (``ModelEvents``), so a publish costs one manifest read and one message per watcher, however many
+  edges watch; events committed by other processes (job workers) arrive through the registry's tailer.
+* ``Download``: chunks are read in the executor and written with a stall deadline; a stalled reader
+  holds at most its HTTP/2 flow-control window and one executor-free coroutine.
+* ``WatchJob``: a job subscription whose ``notify`` wakes the coroutine (no thread waits on it).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import queue
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from shared.errors import CosmoError
+from shared.rpc import pb
+
+from . import serde
+from .admission import Admission, PeerGone, Stream, abort
+from .jobs import Busy, JobRunner
+from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Registry, Subscription
+
+log = logging.getLogger(__name__)
+WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
+
+
+def _status(err: BaseException) -> grpc.StatusCode:
+    if isinstance(err, Busy):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(err, CosmoError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return serde.status_of(err)
+
+
+def rpc(kind: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Admission (``kind``: rpc, stream, watch, download) + error mapping for an async servicer method."""
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self.admission.enter(kind, context)
+            try:
+                return await fn(self, request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except PeerGone as e:  # end the handler without a status of its own (one is queued or moot)
+                log.debug("%s: client gone or stalled (%s)", fn.__name__, e)
+                raise asyncio.CancelledError() from None
+            except Exception as e:
+                if context.cancelled():  # the client went away (a write to it failed): nothing to answer
+                    log.debug("%s: client cancelled (%s)", fn.__name__, type(e).__name__)
+                    return None
+                code = _status(e)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("internal error in %s", fn.__name__)
+                try:
+                    await abort(context, code, str(e))
+                except PeerGone:
+                    raise asyncio.CancelledError() from None
+            finally:
+                self.admission.leave(kind)
+        return wrapper
+    return wrap
+
+
+class Blocking:
+    """The bounded executor for blocking registry work (SQLite, blob reads, job control)."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cloud-io")
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Watcher:
+    """One WatchModels stream's queue of ready messages (oldest dropped past ``maxsize``)."""
+
+    def __init__(self, name: str | None, since: int, maxsize: int = WATCH_QUEUE) -> None:
+        self.name, self.since, self.maxsize = name, since, maxsize  # since: events up to this seq are not owed
+        self.queue: collections.deque[Any] = collections.deque()
+        self.ready = asyncio.Event()
+        self.lost = 0
+        self.closed = False
+
+    def offer(self, msg: Any) -> None:
+        if len(self.queue) >= self.maxsize:
+            self.queue.popleft()
+            self.lost += 1
+        self.queue.append(msg)
+        self.ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready.set()
+
+    async def next(self, timeout: float) -> Any | None:
+        """The next message; ``None`` when closed or after ``timeout`` seconds without one."""
+        while not self.queue:
+            if self.closed:
+                return None
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), max(0.0, timeout))
+            except asyncio.TimeoutError:
+                return None
+        return self.queue.popleft()
+
+
+class ModelEvents:
+    """Fans the registry's model events out to every watcher from one subscription, and caches manifest
+    and list reads between events (a publish invalidates them before any watcher hears of it)."""
+
+    def __init__(self, registry: Registry, blocking: Blocking) -> None:
+        self.registry, self.blocking = registry, blocking
+        self.loop = asyncio.get_running_loop()
+        self.watchers: set[Watcher] = set()
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._sub: Subscription = registry.subscribe(maxsize=65536, notify=self._notify)
+        self._task = self.loop.create_task(self._run())
+
+    def _notify(self) -> None:  # registry threads
+        try:
+            self.loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            pass
+
+    async def cached(self, key: tuple[Any, ...], fn: Callable[..., Any], *args: Any) -> Any:
+        if key in self._cache:
+            return self._cache[key]
+        gen = self._generation
+        value = await self.blocking(fn, *args)
+        if gen == self._generation:  # no event in between: still current
+            self._cache[key] = value
+        return value
+
+    def add(self, name: str | None) -> Watcher:
+        w = Watcher(name, self.registry.last_event_id)
+        self.watchers.add(w)
+        return w
+
+    def remove(self, w: Watcher) -> None:
+        self.watchers.discard(w)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                try:
+                    ev = self._sub.get_nowait()
+                except queue.Empty:
+                    break
+                if ev is None:  # subscription closed: the registry is closing
+                    self.close()
+                    return
+                self._cache.clear()
+                self._generation += 1
+                if ev.get("dropped"):
+                    log.warning("model event fan-out fell %d events behind", ev["dropped"])
+                model = None
+                if ev["kind"] != "DELETED" and ev.get("version"):
+                    try:
+                        model = await self.cached(("get", ev["name"], ev["version"]), self.registry.get,
+                                                  ev["name"], ev["version"])
+                    except Exception:  # deleted since: the event goes out without the manifest
+                        model = None
+                msg = serde.model_event(ev, model)
+                for w in list(self.watchers):
+                    if (w.name is None or w.name == ev["name"]) and ev["seq"] > w.since:
+                        w.offer(msg)
+
+    def close(self) -> None:
+        self.registry.unsubscribe(self._sub)
+        for w in list(self.watchers):
+            w.close()
+        self._task.cancel()
+
+
+class ModelRegistryServicer:
+    def __init__(self, registry: Registry, admission: Admission, blocking: Blocking, events: ModelEvents) -> None:
+        self.registry, self.admission, self.blocking, self.events = registry, admission, blocking, events
+        self.limits = admission.limits
+
+    def _list(self, name: str | None) -> Awaitable[list[dict[str, Any]]]:
+        return self.events.cached(("list", name), self.registry.list_versions, name)
+
+    @rpc("rpc")
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ListModelsResponse(versions=[serde.model_version(m) for m in await self._list(request.name or None)])
+
+    @rpc("rpc")
+    async def GetManifest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.name:
+            raise ValueError("field 'name' is required")
+        if request.WhichOneof("ref") == "version":
+            key, kw = ("get", request.name, request.version), {"version": request.version}
+        else:
+            alias = request.alias or "latest"
+            key, kw = ("alias", request.name, alias), {"alias": alias}
+        m = await self.events.cached(key, functools.partial(self.registry.get, **kw), request.name)
+        return serde.model_version(m)
+
+    @rpc("download")
+    async def Download(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        if not request.name or not request.file or request.version <= 0:
+            raise ValueError("fields 'name', 'version' (> 0) and 'file' are required")
+        if request.offset < 0:
+            raise ValueError("field 'offset' must be >= 0, got {}".format(request.offset))
+        if request.chunk_size > MAX_CHUNK_SIZE:
+            raise ValueError("field 'chunk_size' must be at most {} bytes, got {}".format(MAX_CHUNK_SIZE,
+                                                                                   request.chunk_size))
+        # checks the file and, when its blob changed since it was verified, re-hashes it (DATA_LOSS)
+        it, size, sha = await self.blocking(self._open, request.name, request.version, request.file,
+                                            request.offset, request.chunk_size)
+        stream = Stream(context, self.limits)
+        while True:
+            item = await self.blocking(next, it, None)
+            if item is None:
+                return
+            if stream.left() <= 0:
+                await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s "
+                                    "(--stream-max-s); resume from offset {}".format(self.limits.stream_max_s, item[0]))
+            await stream.send(serde.chunk_bytes(item[0], item[1], size, sha))
+
+    def _open(self, name: str, version: int, file: str, offset: int, chunk_size: int) -> tuple[Any, int, str]:
+        it = self.registry.read_chunks(name, version, file, offset, chunk_size)  # raised to the floor
+        _, size, sha = self.registry.open_blob(name, version, file)
+        return it, size, sha
+
+    @rpc("watch")
+    async def WatchModels(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        stream = Stream(context, self.limits)
+        w = self.events.add(request.name or None)  # subscribe first, then list: no gap
+        try:
+            if request.send_current:
+                for m in await self._list(request.name or None):
+                    await stream.send(serde.model_event({"kind": "CURRENT", "name": m["name"],
+                                                         "version": m["version"]}, m))
+            while True:
+                msg = await w.next(stream.left())
+                if msg is None:  # --stream-max-s reached, or the daemon is stopping: the edge re-subscribes
+                    return
+                await stream.send(msg)
+        finally:
+            self.events.remove(w)
+
+    @rpc("rpc")
+    async def ReportMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.edge_id:
+            raise ValueError("field 'edge_id' is required")
+        stages = [{"stage": s.stage, "wall_seconds": s.wall_seconds, "cpu_seconds": s.cpu_seconds,
+                   "energy_joules": s.energy_joules, "energy_source": s.energy_source,
+                   "peak_memory_mb": s.peak_memory_mb} for s in request.stages]
+        rid = await self.blocking(self.registry.report_metrics, request.edge_id, request.name, int(request.version),
+                                  stages, dict(request.metrics), request.device, request.execution_provider)
+        return pb.ReportMetricsResponse(report_id=int(rid))
+
+
+class TrainingServicer:
+    def __init__(self, registry: Registry, runner: JobRunner, admission: Admission, blocking: Blocking) -> None:
+        self.registry, self.runner, self.admission, self.blocking = registry, runner, admission, blocking
+        self.limits = admission.limits
+
+    @rpc("rpc")
+    async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return serde.job(await self.blocking(self.runner.submit, request.kind, request.dataset, request.config_json))
+
+    @rpc("rpc")
+    async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return serde.job(await self.blocking(self.registry.get_job, request.id))
+
+    @rpc("rpc")
+    async def CancelJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return serde.job(await self.blocking(self.runner.cancel, request.id))
+
+    @rpc("watch")
+    async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """The job now, then every update until it ends (updates of worker processes arrive through the
+        registry's event log)."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def notify() -> None:
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:
+                pass
+        sub = self.registry.subscribe_jobs(request.id or None, notify=notify)
+        stream = Stream(context, self.limits)
+        try:
+            j = await self.blocking(self.registry.get_job, request.id)
+            await stream.send(serde.job(j))
+            while j["state"] not in TERMINAL_STATES:
+                try:
+                    ev = sub.get_nowait()
+                except queue.Empty:
+                    ready.clear()
+                    try:
+                        await asyncio.wait_for(ready.wait(), max(0.0, stream.left()))
+                    except asyncio.TimeoutError:
+                        return
+                    continue
+                if ev is None:  # the registry closed the subscription
+                    return
+                j = ev["job"]
+                await stream.send(serde.job(j))
+        finally:
+            self.registry.unsubscribe(sub)
