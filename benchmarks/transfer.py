@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cloud.registry import Registry  # noqa: E402
 from shared.client import download_file  # noqa: E402
 from shared.rpc import ModelRegistryStub, pb  # noqa: E402
+from shared.rpc.chunks import decode_chunk  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TCP_SERVER = r"""
@@ -52,13 +53,14 @@ while True:
 
 
 def grpc_stream(stub: Any, version: int, chunk: int) -> Dict[str, float]:
+    """The bare stream, read the way the client helper reads it (raw messages, zero-copy views)."""
     t0 = time.perf_counter()
     first = None
     n = 0
-    for c in stub.Download(pb.DownloadRequest(name="bench", version=version, file="blob.bin", chunk_size=chunk)):
+    for m in stub.DownloadRaw(pb.DownloadRequest(name="bench", version=version, file="blob.bin", chunk_size=chunk)):
         if first is None:
             first = time.perf_counter() - t0
-        n += len(c.data)
+        n += len(decode_chunk(m)[1])
     return {"seconds": time.perf_counter() - t0, "ttfb_s": first or 0.0, "bytes": n}
 
 

@@ -19,36 +19,6 @@ def model_version(m: Dict[str, Any]) -> Any:
         manifest_json=json.dumps(m, sort_keys=True))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1  # int64 on the wire: two's complement, 10 bytes for negatives
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def chunk_bytes(offset: int, data: bytes, size: int, sha256: str) -> bytes:
-    """The wire form of ``Chunk(offset, data, size, sha256)`` built around ``data`` with one copy (protobuf
-    would copy it into the message and again when serializing): fields in number order, zero/empty ones
-    omitted, exactly what ``SerializeToString`` writes."""
-    parts = []
-    if offset:
-        parts += [b"\x08", _varint(offset)]
-    if data:
-        parts += [b"\x12", _varint(len(data)), data]
-    if size:
-        parts += [b"\x18", _varint(size)]
-    if sha256:
-        raw = sha256.encode()
-        parts += [b"\x22", _varint(len(raw)), raw]
-    return b"".join(parts)
-
-
 def manifest_of(msg: Any) -> Dict[str, Any]:
     return json.loads(msg.manifest_json)
 

@@ -26,6 +26,7 @@ import grpc
 
 from shared.errors import CosmoError
 from shared.rpc import pb
+from shared.rpc.chunks import encode_chunk
 
 from . import serde
 from .admission import Admission, PeerGone, Stream, abort
@@ -130,6 +131,7 @@ class ModelEvents:
         self.loop = asyncio.get_running_loop()
         self.watchers: set[Watcher] = set()
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self._pending: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         self._generation = 0
         self._wake = asyncio.Event()
         self._sub: Subscription = registry.subscribe(maxsize=65536, notify=self._notify)
@@ -142,10 +144,22 @@ class ModelEvents:
             pass
 
     async def cached(self, key: tuple[Any, ...], fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a registry read) through the cache; concurrent misses of one key share one read,
+        so a fleet asking for a new manifest at once costs one SQLite query, not one per edge."""
         if key in self._cache:
             return self._cache[key]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = self.loop.create_task(self._load(key, fn, args))
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         gen = self._generation
-        value = await self.blocking(fn, *args)
+        try:
+            value = await self.blocking(fn, *args)
+        finally:
+            if self._pending.get(key) is asyncio.current_task():
+                del self._pending[key]
         if gen == self._generation:  # no event in between: still current
             self._cache[key] = value
         return value
@@ -171,6 +185,7 @@ class ModelEvents:
                     self.close()
                     return
                 self._cache.clear()
+                self._pending.clear()  # reads started before the event must not be shared after it
                 self._generation += 1
                 if ev.get("dropped"):
                     log.warning("model event fan-out fell %d events behind", ev["dropped"])
@@ -237,7 +252,7 @@ class ModelRegistryServicer:
             if stream.left() <= 0:
                 await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s "
                                     "(--stream-max-s); resume from offset {}".format(self.limits.stream_max_s, item[0]))
-            await stream.send(serde.chunk_bytes(item[0], item[1], size, sha))
+            await stream.send(encode_chunk(item[0], item[1], size, sha))
 
     def _open(self, name: str, version: int, file: str, offset: int, chunk_size: int) -> tuple[Any, int, str]:
         it = self.registry.read_chunks(name, version, file, offset, chunk_size)  # raised to the floor

@@ -6,14 +6,18 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import random
 import shutil
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 
 from .errors import CosmoError, DataError
 from .rpc import ModelRegistryStub, TrainingStub, pb
+from .rpc.chunks import decode_chunk
 
 log = logging.getLogger(__name__)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -83,6 +87,63 @@ def _sha256_of(path: str) -> "hashlib._Hash":
     return h
 
 
+def _chunks(stub: Any, req: Any, timeout_s: Optional[float]) -> Iterator[Tuple[int, Any]]:
+    """(offset, data) of a Download; zero-copy views of the raw messages where the stub offers
+    ``DownloadRaw`` (``ModelRegistryStub`` does), else read from ``Chunk`` messages."""
+    raw = getattr(stub, "DownloadRaw", None)
+    if raw is not None:
+        for message in raw(req, timeout=timeout_s):
+            offset, data, _, _ = decode_chunk(message)
+            yield offset, data
+    else:
+        for chunk in stub.Download(req, timeout=timeout_s):
+            yield chunk.offset, chunk.data
+
+
+class _Sink(object):
+    """Appends received chunks to a file and hashes them on a worker thread, so the network stream never
+    waits for the disk or sha256 (both release the GIL); at most ``depth`` chunks wait in between.
+    ``close`` drains, flushes and fsyncs, and re-raises the worker's error (a full disk, say)."""
+
+    def __init__(self, path: str, h: Any, depth: int = 8) -> None:
+        self.f = open(path, "ab")
+        self.h = h
+        self.q = queue.Queue(maxsize=depth)  # type: queue.Queue
+        self.error = None  # type: Optional[BaseException]
+        self.thread = threading.Thread(target=self._run, name="download-sink", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self.q.get()
+            if data is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so put() never blocks forever
+            try:
+                self.f.write(data)
+                self.h.update(data)
+            except BaseException as e:  # reported by put()/close() on the receiving thread
+                self.error = e
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(data)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        try:
+            if self.error is None:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
+        if self.error is not None:
+            raise self.error
+
+
 def download_file(stub: Any, name: str, version: int, file: str, dest: str, size: int, sha256: str,
                   chunk_size: int = 0, retries: int = 5, backoff_s: float = 0.5, timeout_s: Optional[float] = None,
                   on_chunk: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
@@ -105,20 +166,20 @@ def download_file(stub: Any, name: str, version: int, file: str, dest: str, size
     resumed_from, received, attempt = have, 0, 0
     while have < size or (size == 0 and not os.path.exists(part)):
         attempt += 1
+        sink = _Sink(part, h)
         try:
-            with open(part, "ab") as f:
+            try:
                 req = pb.DownloadRequest(name=name, version=version, file=file, offset=have, chunk_size=chunk_size)
-                for chunk in stub.Download(req, timeout=timeout_s):
-                    if chunk.offset != have:
-                        raise DataError("{}: chunk at offset {} while expecting {}".format(file, chunk.offset, have))
-                    f.write(chunk.data)
-                    h.update(chunk.data)
-                    have += len(chunk.data)
-                    received += len(chunk.data)
+                for offset, data in _chunks(stub, req, timeout_s):
+                    if offset != have:
+                        raise DataError("{}: chunk at offset {} while expecting {}".format(file, offset, have))
+                    sink.put(data)
+                    have += len(data)
+                    received += len(data)
                     if on_chunk is not None:
                         on_chunk(have, size)
-                f.flush()
-                os.fsync(f.fileno())
+            finally:
+                sink.close()  # everything received is on disk (fsynced) and hashed, also after an error
             if have < size:
                 raise DataError("{}: stream ended at byte {} of {}".format(file, have, size))
             break
@@ -126,7 +187,7 @@ def download_file(stub: Any, name: str, version: int, file: str, dest: str, size
             code = e.code() if hasattr(e, "code") else None
             if code not in RETRYABLE or attempt > retries:
                 raise
-            wait = backoff_s * (2 ** (attempt - 1))
+            wait = backoff(backoff_s, attempt)
             log.warning("download %s interrupted at byte %d (%s); retrying in %.1f s", file, have, code, wait)
             time.sleep(wait)
     if have != size or h.hexdigest() != sha256:
@@ -137,14 +198,31 @@ def download_file(stub: Any, name: str, version: int, file: str, dest: str, size
     return {"bytes_received": received, "resumed_from": resumed_from, "attempts": attempt}
 
 
+def backoff(base_s: float, attempt: int, cap_s: float = 30.0) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...): exponential, capped, with +-50 % jitter, so
+    a fleet refused at once (RESOURCE_EXHAUSTED) does not come back at once."""
+    return min(cap_s, base_s * (2 ** (attempt - 1))) * random.uniform(0.5, 1.5)
+
+
 def get_manifest(stub: Any, name: str, version: Optional[int] = None, alias: Optional[str] = None,
-                 timeout_s: float = 30.0) -> Dict[str, Any]:
+                 timeout_s: float = 30.0, retries: int = 5, backoff_s: float = 0.5) -> Dict[str, Any]:
+    """The manifest of a version (or alias, default ``latest``); retries a busy or unreachable server
+    (RESOURCE_EXHAUSTED, UNAVAILABLE) ``retries`` times with jittered backoff."""
     req = pb.GetManifestRequest(name=name)
     if version:
         req.version = int(version)
     else:
         req.alias = alias or "latest"
-    return json.loads(stub.GetManifest(req, timeout=timeout_s).manifest_json)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return json.loads(stub.GetManifest(req, timeout=timeout_s).manifest_json)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) or attempt > retries:
+                raise
+            time.sleep(backoff(backoff_s, attempt))
 
 
 def pull(channel: grpc.Channel, name: str, dest_root: str, version: Optional[int] = None,

@@ -47,8 +47,13 @@ __all__ = [
 
 def ModelRegistryStub(channel: grpc.Channel) -> Stub:
     """Client of ``cosmo.v1.ModelRegistry``: ListModels, GetManifest, Download (stream), WatchModels
-    (stream), ReportMetrics."""
-    return Stub(channel, "cosmo.v1.ModelRegistry")
+    (stream), ReportMetrics; plus ``DownloadRaw``, the same RPC yielding each Chunk's serialized bytes
+    (``shared.rpc.chunks.decode_chunk`` reads them without copying the data)."""
+    stub = Stub(channel, "cosmo.v1.ModelRegistry")
+    stub.DownloadRaw = channel.unary_stream(  # type: ignore[attr-defined]
+        "/cosmo.v1.ModelRegistry/Download", request_serializer=pb.DownloadRequest.SerializeToString,
+        response_deserializer=None)
+    return stub
 
 
 def TrainingStub(channel: grpc.Channel) -> Stub:

@@ -507,3 +507,19 @@ def test_this_client_calls_peer_server(peer):
 
 if __name__ == "__main__":
     sys.exit(_peer_main(sys.argv[1:]))
+
+
+@pytest.mark.parametrize("fields", [(0, b"", 0, ""), (5, b"abc", 10, "ff" * 32), (1 << 40, bytes(300), 1 << 41, "a"),
+                                    (0, b"x" * 200000, 3, ""), (-1, b"\x00", 0, "z")])
+def test_chunk_wire_form_matches_protobuf(fields):
+    from shared.rpc import pb
+    from shared.rpc.chunks import decode_chunk, encode_chunk
+    offset, data, size, sha = fields
+    wire = pb.Chunk(offset=offset, data=data, size=size, sha256=sha).SerializeToString()
+    assert encode_chunk(*fields) == wire
+    got = decode_chunk(wire)
+    assert (got[0], bytes(got[1]), got[2], got[3]) == fields
+    with pytest.raises(ValueError, match="Chunk"):
+        decode_chunk(wire + b"\x12\x05ab")  # a field running past the end
+    extra = wire + b"\x28\x07" + b"\x32\x02hi"  # unknown fields 5 (varint) and 6 (bytes) are skipped
+    assert decode_chunk(extra)[2] == size
