@@ -51,7 +51,7 @@ class ServerLimits:
     keepalive_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     max_message_bytes: int = 4 * MiB
-    executor_threads: int = 8
+    executor_threads: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -18,13 +18,10 @@ import time
 from typing import Any, Dict, List, Optional
 
 import grpc
-import torch
 
 from shared.errors import CosmoError
-from shared.manifest import MANIFEST
-from shared.training.stage1 import CHECKPOINT
 
-from .pipeline import PREPARED, add_stage1_args, prepare_from, run_pretrain, run_quality, stage1_config
+from .flags import add_stage1_args
 
 log = logging.getLogger("cloud")
 
@@ -35,6 +32,10 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
+    from shared.manifest import MANIFEST
+    from shared.training.stage1 import CHECKPOINT
+
+    from .pipeline import run_pretrain, stage1_config
     cfg = stage1_config(a)
     if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):
         os.remove(os.path.join(a.out, CHECKPOINT))
@@ -63,6 +64,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def cmd_quality(a: argparse.Namespace) -> int:
+    from .pipeline import PREPARED, prepare_from, run_quality
     path = os.path.join(a.model, PREPARED)
     if not os.path.isfile(path):
         raise CosmoError("{}: not found; run `cloud-server pretrain` into {} first".format(path, a.model))
@@ -397,7 +399,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(a, "func", None):
         p.print_help()
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         return int(a.func(a))
     except CosmoError as e:

@@ -18,8 +18,6 @@ import traceback
 from typing import Any, Dict
 
 from shared.errors import ConfigError
-from shared.training.common import config_from_dict
-from shared.training.stage1 import Stage1Config
 
 from .registry import TERMINAL_STATES as TERMINAL
 from .registry import Conflict, Registry
@@ -37,7 +35,10 @@ class Busy(Exception):
 
 
 def validate(kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
-    """Check a submission; raise ``ConfigError`` naming the field. Returns the parsed config."""
+    """Check a submission; raise ``ConfigError`` naming the field. Returns the parsed config. (Imports the
+    training configs on first use: the daemon itself never loads torch unless jobs are submitted.)"""
+    from shared.training.common import config_from_dict
+    from shared.training.stage1 import Stage1Config
     if kind not in KINDS:
         raise ConfigError("field 'kind' must be one of {}, got {!r}".format(list(KINDS), kind))
     if not dataset:

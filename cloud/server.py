@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -203,6 +204,9 @@ def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.Server
           scrub_interval_s: float = 6 * 3600.0) -> int:
     """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once serving."""
     fds = raise_fd_limit()
+    # The event loop shares the GIL with the executor threads; a shorter switch interval (default 5 ms)
+    # bounds how long health checks and small RPCs wait for it while blob reads run.
+    sys.setswitchinterval(0.001)
     srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs, limits=limits, retention=retention,
                       prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s)
     need = srv.limits.max_streams + srv.limits.max_rpcs + 64

@@ -31,7 +31,7 @@ from shared.rpc.chunks import encode_chunk
 from . import serde
 from .admission import Admission, PeerGone, Stream, abort
 from .jobs import Busy, JobRunner
-from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Registry, Subscription
+from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Chunks, Registry, Subscription
 
 log = logging.getLogger(__name__)
 WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
@@ -208,6 +208,20 @@ class ModelEvents:
         self._task.cancel()
 
 
+def _next_message(chunks: Chunks) -> tuple[bytes | None, bool]:
+    """(the next Download message (a serialized Chunk) or None after the last, whether it is the last).
+    After the last chunk the iterator is run to its end here, so its check that the blob did not change
+    while read (``DataLoss``) happens before that message goes out, and without another executor hop."""
+    item = next(chunks, None)
+    if item is None:
+        return None, True
+    msg = encode_chunk(item[0], item[1], chunks.size, chunks.sha256)
+    last = item[0] + len(item[1]) >= chunks.size
+    if last:
+        next(chunks, None)
+    return msg, last
+
+
 class ModelRegistryServicer:
     def __init__(self, registry: Registry, admission: Admission, blocking: Blocking, events: ModelEvents) -> None:
         self.registry, self.admission, self.blocking, self.events = registry, admission, blocking, events
@@ -241,23 +255,24 @@ class ModelRegistryServicer:
         if request.chunk_size > MAX_CHUNK_SIZE:
             raise ValueError("field 'chunk_size' must be at most {} bytes, got {}".format(MAX_CHUNK_SIZE,
                                                                                    request.chunk_size))
-        # checks the file and, when its blob changed since it was verified, re-hashes it (DATA_LOSS)
-        it, size, sha = await self.blocking(self._open, request.name, request.version, request.file,
-                                            request.offset, request.chunk_size)
+        # checks the file and, when its blob changed since it was verified, re-hashes it (DATA_LOSS); the
+        # executor reads and encodes each message, the loop only writes it
+        chunks, msg, last = await self.blocking(self._open, request.name, request.version, request.file,
+                                                request.offset, request.chunk_size)
         stream = Stream(context, self.limits)
-        while True:
-            item = await self.blocking(next, it, None)
-            if item is None:
-                return
+        while msg is not None:
             if stream.left() <= 0:
-                await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s "
-                                    "(--stream-max-s); resume from offset {}".format(self.limits.stream_max_s, item[0]))
-            await stream.send(encode_chunk(item[0], item[1], size, sha))
+                await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s (--stream-max-s);"
+                            " resume from where you are".format(self.limits.stream_max_s))
+            await stream.send(msg)
+            if last:
+                return
+            msg, last = await self.blocking(_next_message, chunks)
 
-    def _open(self, name: str, version: int, file: str, offset: int, chunk_size: int) -> tuple[Any, int, str]:
-        it = self.registry.read_chunks(name, version, file, offset, chunk_size)  # raised to the floor
-        _, size, sha = self.registry.open_blob(name, version, file)
-        return it, size, sha
+    def _open(self, name: str, version: int, file: str, offset: int,
+              chunk_size: int) -> tuple[Chunks, bytes | None, bool]:
+        chunks = self.registry.read_chunks(name, version, file, offset, chunk_size)  # raised to the floor
+        return (chunks,) + _next_message(chunks)
 
     @rpc("watch")
     async def WatchModels(self, request: Any, context: grpc.aio.ServicerContext) -> None:

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .blobs import BlobStore, clamp_chunk_size
+from .blobs import BlobStore, Chunks, clamp_chunk_size
 from .db import DB_FILE, SCHEMA_VERSION, Database
 from .errors import Conflict, DataLoss, InvalidArgument, NotFound, OutOfRange, RegistryError
 from .events import EVENT_KINDS, Events, Subscription
@@ -119,5 +119,5 @@ class Registry(Database, BlobStore, Versions, Events, Reports, Jobs):
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_CHUNK_SIZE", "EVENT_KINDS", "JOB_STATES", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE",
     "RESTART_ERROR", "SCHEMA_VERSION", "TERMINAL_STATES", "Conflict", "DataLoss", "InvalidArgument", "NotFound",
-    "OutOfRange", "Registry", "RegistryError", "Retention", "Subscription", "clamp_chunk_size",
+    "OutOfRange", "Registry", "RegistryError", "Retention", "Subscription", "Chunks", "clamp_chunk_size",
 ]

@@ -235,8 +235,9 @@ class BlobStore:
                 label, path, got, n, digest, size))
 
     def read_chunks(self, name: str, version: int, file: str, offset: int = 0,
-                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[int, bytes]]:
-        """Chunks ``(offset, data)`` of one file from byte ``offset`` to its end, for Download.
+                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> Chunks:
+        """Chunks ``(offset, data)`` of one file from byte ``offset`` to its end, for Download (a ``Chunks``
+        iterator that also carries the file's ``size`` and ``sha256``).
 
         ``chunk_size`` in bytes: ``None`` or 0 mean ``DEFAULT_CHUNK_SIZE``; it is raised to
         ``MIN_CHUNK_SIZE`` and clamped to ``MAX_CHUNK_SIZE``. Arguments, the file's existence and its size
@@ -254,7 +255,7 @@ class BlobStore:
             raise OutOfRange("{}: offset {} is past the end of the file ({} bytes)".format(label, offset, size))
         if not trusted:
             self._verify(path, size, digest, label)
-        return _stream(path, size, offset, chunk_size, label)
+        return Chunks(path, size, digest, offset, chunk_size, label)
 
     def scrub(self, pause_s: float = 0.0, stop: Callable[[], bool] | None = None) -> dict[str, int]:
         """Re-hash every referenced blob (sleeping ``pause_s`` seconds between blobs, stopping early when
@@ -299,21 +300,36 @@ def _label(name: str, version: int, file: str) -> str:
     return "model {!r} version {} file {!r}".format(name, version, file)
 
 
-def _stream(path: Path, size: int, offset: int, chunk_size: int, label: str) -> Iterator[tuple[int, bytes]]:
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataLoss("{}: blob {} is missing on disk".format(label, path)) from None
-    with f:
-        before = os.fstat(f.fileno())
-        f.seek(offset)
-        pos = offset
-        while pos < size:
-            b = f.read(min(chunk_size, size - pos))
-            if not b:
-                raise DataLoss("{}: blob {} is truncated at {} bytes".format(label, path, pos))
-            yield pos, b
-            pos += len(b)
-        after = os.fstat(f.fileno())
-    if _fingerprint(after) != _fingerprint(before):
-        raise DataLoss("{}: blob {} changed on disk while it was sent".format(label, path))
+class Chunks:
+    """Iterator of ``(offset, data)`` chunks of one blob (``read_chunks``), with the file's ``size`` (bytes)
+    and ``sha256``. Ends with ``DataLoss`` instead of a normal end when the blob changed while read."""
+
+    def __init__(self, path: Path, size: int, sha256: str, offset: int, chunk_size: int, label: str) -> None:
+        self.path, self.size, self.sha256 = path, size, sha256
+        self._gen = self._read(offset, chunk_size, label)
+
+    def __iter__(self) -> Chunks:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        return next(self._gen)
+
+    def _read(self, offset: int, chunk_size: int, label: str) -> Iterator[tuple[int, bytes]]:
+        path, size = self.path, self.size
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise DataLoss("{}: blob {} is missing on disk".format(label, path)) from None
+        with f:
+            before = os.fstat(f.fileno())
+            f.seek(offset)
+            pos = offset
+            while pos < size:
+                b = f.read(min(chunk_size, size - pos))
+                if not b:
+                    raise DataLoss("{}: blob {} is truncated at {} bytes".format(label, path, pos))
+                yield pos, b
+                pos += len(b)
+            after = os.fstat(f.fileno())
+        if _fingerprint(after) != _fingerprint(before):
+            raise DataLoss("{}: blob {} changed on disk while it was sent".format(label, path))
