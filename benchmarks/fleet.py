@@ -155,12 +155,13 @@ def _proc_stat(pid: int) -> Dict[str, float]:
     with open("/proc/{}/stat".format(pid)) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = 0.0
+    mem = {}
     with open("/proc/{}/status".format(pid)) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024.0
-    return {"cpu_s": cpu, "peak_rss_mb": hwm}
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                mem[line.split(":")[0]] = int(line.split()[1]) / 1024.0
+    return {"cpu_s": cpu, "peak_rss_mb": mem.get("VmHWM", 0.0), "rss_mb": mem.get("VmRSS", 0.0),
+            "fds": len(os.listdir("/proc/{}/fd".format(pid)))}
 
 
 def _pct(xs: List[float], q: float) -> float:
@@ -207,6 +208,8 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
         if server.poll() is not None:
             raise RuntimeError("cloud-server exited: " + server.stderr.read()[-2000:])
         target = "127.0.0.1:" + open(ready_file).read().strip()
+        time.sleep(1.0)
+        idle = _proc_stat(server.pid)
         t_start = time.time()
         per = [n // procs + (1 if k < n % procs else 0) for k in range(min(procs, n))]
         first = 0
@@ -222,6 +225,8 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
         for p in edges:
             _ready(p, "edge process")
         t_watching = time.time()
+        time.sleep(1.0)
+        watching = _proc_stat(server.pid)
         probe = _spawn(["--role", "probe", target, str(timeout_s)])
         children.append(probe)
         _ready(probe, "prober")
@@ -269,6 +274,9 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
         "download_MB_per_s": total_bytes / 1e6 / last if verified else float("nan"),
         "bytes_total": total_bytes,
         "server_cpu_s": after["cpu_s"] - before["cpu_s"], "server_peak_rss_mb": after["peak_rss_mb"],
+        "server_rss_idle_mb": idle["rss_mb"], "server_rss_watching_mb": watching["rss_mb"],
+        "server_kb_per_watching_edge": (watching["rss_mb"] - idle["rss_mb"]) * 1024 / (n + stalled),
+        "server_fds_idle": idle["fds"], "server_fds_watching": watching["fds"],
         "wall_s": t_end - t_pub,
     }
 
@@ -350,15 +358,18 @@ def main(argv: Any = None) -> int:
             " ".join(sys.argv[1:]) if argv is None else " ".join(argv), "+".join(map(str, a.file_kb)), a.stalled,
             a.edge_nice), "",
         "| edges | verified | errors | publish → verified p50 / p99 / max (s) | health p50 / p99 (ms) | "
-        "ListModels p50 / p99 (ms) | probe failures | download MB/s | server CPU (s) | server peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "ListModels p50 / p99 (ms) | probe failures | download MB/s | server CPU (s) | server peak RSS (MB) | "
+        "RSS idle → all watching (MB) | fds idle → watching |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["publish_to_verified_s"]
-        lines.append("| {} | {} | {} | {:.2f} / {:.2f} / {:.2f} | {:.1f} / {:.1f} | {:.1f} / {:.1f} | {} | {:.0f} | {:.1f} | {:.0f} |"
-                     .format(r["edges"], r["verified"], r["errors"], t["p50"], t["p99"], t["max"], r["health_ms"]["p50"],
-                             r["health_ms"]["p99"], r["list_ms"]["p50"], r["list_ms"]["p99"],
-                             r["health_ms"]["failed"] + r["list_ms"]["failed"], r["download_MB_per_s"],
-                             r["server_cpu_s"], r["server_peak_rss_mb"]))
+        lines.append("| {} | {} | {} | {:.2f} / {:.2f} / {:.2f} | {:.1f} / {:.1f} | {:.1f} / {:.1f} | {} | {:.0f} | {:.1f} | "
+                     "{:.0f} | {:.0f} → {:.0f} | {} → {} |".format(
+                         r["edges"], r["verified"], r["errors"], t["p50"], t["p99"], t["max"], r["health_ms"]["p50"],
+                         r["health_ms"]["p99"], r["list_ms"]["p50"], r["list_ms"]["p99"],
+                         r["health_ms"]["failed"] + r["list_ms"]["failed"], r["download_MB_per_s"], r["server_cpu_s"],
+                         r["server_peak_rss_mb"], r["server_rss_idle_mb"], r["server_rss_watching_mb"],
+                         r["server_fds_idle"], r["server_fds_watching"]))
     with open(os.path.join(a.out, "fleet.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plot(rows, os.path.join(a.out, "fleet.png"))
