@@ -142,8 +142,8 @@ def probe_main(target: str, seconds: float) -> None:
             try:
                 call()
                 ok = True
-            except grpc.RpcError:
-                ok = False
+            except grpc.RpcError as e:
+                ok = e.code().name
             rows.append([t, kind, (time.perf_counter() - t0) * 1e3, ok])
         time.sleep(0.01)
     print(json.dumps(rows), flush=True)
@@ -259,8 +259,9 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
     errors = [r["error"] for r in results if "error" in r]
     last = max(verified) if verified else float("nan")
     during = [r for r in rows if t_pub <= r[0] <= t_pub + max(last, 1.0)]
-    lat = {k: [r[2] for r in during if r[1] == k and r[3]] for k in ("health", "list")}
-    failed = {k: sum(1 for r in during if r[1] == k and not r[3]) for k in ("health", "list")}
+    lat = {k: [r[2] for r in during if r[1] == k and r[3] is True] for k in ("health", "list")}
+    failed = {k: sum(1 for r in during if r[1] == k and r[3] is not True) for k in ("health", "list")}
+    codes = sorted({"{}: {}".format(r[1], r[3]) for r in during if r[3] is not True})
     total_bytes = sum(r.get("bytes", 0) for r in results)
     return {
         "edges": n, "edge_procs": len(per), "stalled_readers": stalled, "file_kb": file_kb,
@@ -269,6 +270,7 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
         "publish_to_verified_s": {"p50": _pct(verified, 50), "p99": _pct(verified, 99), "max": last},
         "health_ms": {"p50": _pct(lat["health"], 50), "p99": _pct(lat["health"], 99), "max": max(lat["health"] or [0]),
                       "n": len(lat["health"]), "failed": failed["health"]},
+        "probe_failures": codes,
         "list_ms": {"p50": _pct(lat["list"], 50), "p99": _pct(lat["list"], 99), "max": max(lat["list"] or [0]),
                     "n": len(lat["list"]), "failed": failed["list"]},
         "download_MB_per_s": total_bytes / 1e6 / last if verified else float("nan"),

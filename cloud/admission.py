@@ -42,7 +42,7 @@ class ServerLimits:
     ``executor_threads``: threads for blocking registry work (SQLite reads/writes, blob reads).
     """
 
-    max_rpcs: int = 256
+    max_rpcs: int = 1024
     max_streams: int = 4096
     max_watchers: int = 3072
     max_downloads: int = 1024

@@ -31,7 +31,7 @@ from shared.rpc.chunks import encode_chunk
 from . import serde
 from .admission import Admission, PeerGone, Stream, abort
 from .jobs import Busy, JobRunner
-from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Chunks, Registry, Subscription
+from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Chunks, Registry, Subscription, check_report
 
 log = logging.getLogger(__name__)
 WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
@@ -222,10 +222,46 @@ def _next_message(chunks: Chunks) -> tuple[bytes | None, bool]:
     return msg, last
 
 
+class ReportWriter:
+    """Group commit of ReportMetrics: reports that arrive while a batch is being written go into the next
+    one, written in one transaction (one fsync) by one executor call. A fleet reporting at once costs a
+    handful of commits instead of one per edge, and no more than one executor thread."""
+
+    MAX_BATCH = 512
+
+    def __init__(self, registry: Registry, blocking: Blocking) -> None:
+        self.registry, self.blocking = registry, blocking
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[Any] | None = None
+
+    async def submit(self, row: tuple[Any, ...]) -> int:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((row, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
+            try:
+                results = await self.blocking(self.registry.insert_reports, [row for row, _ in batch])
+            except Exception as e:  # the whole batch failed (disk full, ...): every caller hears of it
+                results = [e] * len(batch)
+            for (_, fut), res in zip(batch, results):
+                if fut.done():  # the caller went away
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
 class ModelRegistryServicer:
     def __init__(self, registry: Registry, admission: Admission, blocking: Blocking, events: ModelEvents) -> None:
         self.registry, self.admission, self.blocking, self.events = registry, admission, blocking, events
         self.limits = admission.limits
+        self.reports = ReportWriter(registry, blocking)
 
     def _list(self, name: str | None) -> Awaitable[list[dict[str, Any]]]:
         return self.events.cached(("list", name), self.registry.list_versions, name)
@@ -298,8 +334,9 @@ class ModelRegistryServicer:
         stages = [{"stage": s.stage, "wall_seconds": s.wall_seconds, "cpu_seconds": s.cpu_seconds,
                    "energy_joules": s.energy_joules, "energy_source": s.energy_source,
                    "peak_memory_mb": s.peak_memory_mb} for s in request.stages]
-        rid = await self.blocking(self.registry.report_metrics, request.edge_id, request.name, int(request.version),
-                                  stages, dict(request.metrics), request.device, request.execution_provider)
+        row = check_report(request.edge_id, request.name, int(request.version), stages, dict(request.metrics),
+                           request.device, request.execution_provider)
+        rid = await self.reports.submit(row)
         return pb.ReportMetricsResponse(report_id=int(rid))
 
 

@@ -41,7 +41,7 @@ from .errors import Conflict, DataLoss, InvalidArgument, NotFound, OutOfRange, R
 from .events import EVENT_KINDS, Events, Subscription
 from .jobs import ACTIVE_STATES, JOB_STATES, RESTART_ERROR, TERMINAL_STATES, Jobs
 from .limits import (BUSY_TIMEOUT_S, DEFAULT_CHUNK_SIZE, EVENT_POLL_S, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Retention)
-from .reports import Reports
+from .reports import Reports, check_report
 from .validation import _utc_ago
 from .versions import Versions
 
@@ -119,5 +119,5 @@ class Registry(Database, BlobStore, Versions, Events, Reports, Jobs):
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_CHUNK_SIZE", "EVENT_KINDS", "JOB_STATES", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE",
     "RESTART_ERROR", "SCHEMA_VERSION", "TERMINAL_STATES", "Conflict", "DataLoss", "InvalidArgument", "NotFound",
-    "OutOfRange", "Registry", "RegistryError", "Retention", "Subscription", "Chunks", "clamp_chunk_size",
+    "OutOfRange", "Registry", "RegistryError", "Retention", "Subscription", "Chunks", "check_report", "clamp_chunk_size",
 ]

@@ -191,3 +191,31 @@ def test_health_and_reflection_list_exactly_the_cloud_services(started):
     assert {s.name for s in resp.list_services_response.service} == {
         "cosmo.v1.ModelRegistry", "cosmo.v1.Training", "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def test_a_fleet_reporting_at_once_is_group_committed_and_a_bad_report_fails_alone(started, tmp_path, monkeypatch):
+    srv, target = started()
+    _publish(srv.registry, tmp_path, size=1000, seed=5)
+    commits = []
+    insert = srv.registry.insert_reports
+
+    def counting(rows):
+        commits.append(len(rows))
+        return insert(rows)
+    monkeypatch.setattr(srv.registry, "insert_reports", counting)
+    stub = ModelRegistryStub(grpc.insecure_channel(target))
+    futures = [stub.ReportMetrics.future(pb.ReportMetricsRequest(edge_id="e{}".format(i), name="m",
+                                                                 version=1 if i != 7 else 9), timeout=60)
+               for i in range(200)]
+    ids = []
+    for i, f in enumerate(futures):
+        if i == 7:
+            with pytest.raises(grpc.RpcError) as e:
+                f.result()
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND and "version 9" in e.value.details()
+        else:
+            ids.append(f.result().report_id)
+    assert len(set(ids)) == 199 and sum(commits) == 200
+    assert len(commits) < 200  # reports that arrived together were written together
+    assert sorted(r["edge_id"] for r in srv.registry.list_reports()) == sorted("e{}".format(i) for i in range(200)
+                                                                            if i != 7)
