@@ -62,13 +62,16 @@ async def _edge(i: int, target: str, have: int, ready: asyncio.Event, out: Dict[
     raw = ch.unary_stream("/cosmo.v1.ModelRegistry/Download", request_serializer=pb.DownloadRequest.SerializeToString,
                           response_deserializer=None)
     try:
+        out["stage"] = "watch"
         watch = stub.WatchModels(pb.WatchModelsRequest(name=MODEL, send_current=True))
         async for ev in watch:
             if ev.version <= have:
                 ready.set()
                 continue
+            out["stage"] = "manifest"
             man = await _retry(stub.GetManifest, pb.GetManifestRequest(name=MODEL, version=ev.version))
             nbytes = 0
+            out["stage"] = "download"
             for f in man.files:
                 async def fetch(f: Any = f, version: int = man.version) -> int:
                     h, n = hashlib.sha256(), 0
@@ -80,15 +83,17 @@ async def _edge(i: int, target: str, have: int, ready: asyncio.Event, out: Dict[
                         raise RuntimeError("edge {}: {} failed verification".format(i, f.path))
                     return n
                 nbytes += await _retry(fetch)
-            out["verified_at"], out["bytes"] = time.time(), nbytes
+            out["verified_at"], out["bytes"], out["stage"] = time.time(), nbytes, "report"
             await _retry(stub.ReportMetrics, pb.ReportMetricsRequest(
                 edge_id="sim-{}".format(i), name=MODEL, version=man.version, device="simulated",
                 stages=[pb.StageMetric(stage="pull", wall_seconds=0.0)]))
             watch.cancel()
             return
     except Exception as e:  # noqa: BLE001 - counted and reported, never hidden
-        out["error"] = "{}: {}".format(type(e).__name__, e)[:300]
+        out["error"] = "edge {} {} ({}): {}".format(i, type(e).__name__, out.get("stage"), e)[:300]
+        out["failed_at"] = time.time()
     finally:
+        ready.set()  # a failed edge must not hold the others back
         await ch.close()
 
 
@@ -168,21 +173,27 @@ def _pct(xs: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def _spawn(args: List[str], nice: int = 0) -> subprocess.Popen:
+def _spawn(args: List[str], log: str, nice: int = 0) -> subprocess.Popen:
+    """A role of this script in its own process; stderr to ``log`` (a pipe nobody reads would block it)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            stderr=open(log, "ab"), text=True, cwd=ROOT, env=env,
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
-def _ready(p: subprocess.Popen, what: str) -> None:
+def _tail(path: str, n: int = 2000) -> str:
+    with open(path, "rb") as f:
+        return f.read()[-n:].decode(errors="replace")
+
+
+def _ready(p: subprocess.Popen, what: str, log: str) -> None:
     line = p.stdout.readline()
     if line.strip() != "READY":
-        raise RuntimeError("{} did not start: {}{}".format(what, line, p.stderr.read()[-2000:]))
+        raise RuntimeError("{} did not start: {}{}".format(what, line, _tail(log)))
 
 
 def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: float, tmp: str,
-              serve_args: List[str], edge_nice: int = 10) -> Dict[str, Any]:
+              serve_args: List[str], edge_nice: int = 10, logs_dir: str = "") -> Dict[str, Any]:
     from cloud.registry import Registry
     data = os.path.join(tmp, "data-{}".format(n))
     rng = np.random.RandomState(n)
@@ -196,9 +207,12 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
     with Registry(data) as reg:
         reg.publish(MODEL, files[1], {"format": "cosmo-har/manifest"})
     ready_file = os.path.join(tmp, "port-{}".format(n))
+    logs = os.path.join(logs_dir or tmp, "logs-{}".format(n))
+    os.makedirs(logs, exist_ok=True)
+    server_log = os.path.join(logs, "server.log")
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "cloud-server"), "serve", "--data-dir",
                                data, "--listen", "127.0.0.1:0", "--ready-file", ready_file] + serve_args,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                              stdout=subprocess.DEVNULL, stderr=open(server_log, "ab"), cwd=ROOT)
     children: List[subprocess.Popen] = []
     try:
         for _ in range(600):
@@ -206,7 +220,7 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
                 break
             time.sleep(0.1)
         if server.poll() is not None:
-            raise RuntimeError("cloud-server exited: " + server.stderr.read()[-2000:])
+            raise RuntimeError("cloud-server exited: " + _tail(server_log))
         target = "127.0.0.1:" + open(ready_file).read().strip()
         time.sleep(1.0)
         idle = _proc_stat(server.pid)
@@ -215,21 +229,23 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
         first = 0
         edges = []
         for count in per:
-            edges.append(_spawn(["--role", "edge", target, str(first), str(count), str(timeout_s)], nice=edge_nice))
+            edges.append(_spawn(["--role", "edge", target, str(first), str(count), str(timeout_s)],
+                                os.path.join(logs, "edges.log"), nice=edge_nice))
             first += count
         children += edges
         if stalled:
-            st = _spawn(["--role", "stalled", target, str(stalled), "file0.bin"], nice=edge_nice)
+            st = _spawn(["--role", "stalled", target, str(stalled), "file0.bin"], os.path.join(logs, "stalled.log"),
+                        nice=edge_nice)
             children.append(st)
-            _ready(st, "stalled readers")
+            _ready(st, "stalled readers", os.path.join(logs, "stalled.log"))
         for p in edges:
-            _ready(p, "edge process")
+            _ready(p, "edge process", os.path.join(logs, "edges.log"))
         t_watching = time.time()
         time.sleep(1.0)
         watching = _proc_stat(server.pid)
-        probe = _spawn(["--role", "probe", target, str(timeout_s)])
+        probe = _spawn(["--role", "probe", target, str(timeout_s)], os.path.join(logs, "probe.log"))
         children.append(probe)
-        _ready(probe, "prober")
+        _ready(probe, "prober", os.path.join(logs, "probe.log"))
         time.sleep(1.0)  # baseline latency before the publish
         before = _proc_stat(server.pid)
         with Registry(data) as reg:
@@ -255,8 +271,10 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+    server_warnings = [ln for ln in _tail(server_log, 1 << 20).splitlines() if " WARNING " in ln or " ERROR " in ln]
     verified = [r["verified_at"] - t_pub for r in results if "verified_at" in r]
     errors = [r["error"] for r in results if "error" in r]
+    failed_after = [r["failed_at"] - t_pub for r in results if "failed_at" in r]
     last = max(verified) if verified else float("nan")
     during = [r for r in rows if t_pub <= r[0] <= t_pub + max(last, 1.0)]
     lat = {k: [r[2] for r in during if r[1] == k and r[3] is True] for k in ("health", "list")}
@@ -266,11 +284,13 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
     return {
         "edges": n, "edge_procs": len(per), "stalled_readers": stalled, "file_kb": file_kb,
         "verified": len(verified), "errors": len(errors), "error_samples": errors[:5],
+        "failed_edges": sorted(int(e.split()[1]) for e in errors),
+        "failed_after_s": {"min": min(failed_after), "max": max(failed_after)} if failed_after else None,
         "connect_s": t_watching - t_start,
         "publish_to_verified_s": {"p50": _pct(verified, 50), "p99": _pct(verified, 99), "max": last},
         "health_ms": {"p50": _pct(lat["health"], 50), "p99": _pct(lat["health"], 99), "max": max(lat["health"] or [0]),
                       "n": len(lat["health"]), "failed": failed["health"]},
-        "probe_failures": codes,
+        "probe_failures": codes, "server_warnings": len(server_warnings), "server_warning_samples": server_warnings[:5],
         "list_ms": {"p50": _pct(lat["list"], 50), "p99": _pct(lat["list"], 99), "max": max(lat["list"] or [0]),
                     "n": len(lat["list"]), "failed": failed["list"]},
         "download_MB_per_s": total_bytes / 1e6 / last if verified else float("nan"),
@@ -330,6 +350,7 @@ def main(argv: Any = None) -> int:
                     help="niceness of the simulated edges: they stand in for remote devices, so they yield the "
                          "CPU to the server and the prober they share this machine with (0: compete equally)")
     ap.add_argument("--out", default="results/fleet")
+    ap.add_argument("--logs", default="", help="keep the server's and edges' logs in this folder")
     ap.add_argument("--serve-args", default="", help="extra cloud-server serve flags, e.g. '--max-rpcs 512'")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -337,7 +358,8 @@ def main(argv: Any = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in a.edges:
             t0 = time.time()
-            r = run_fleet(n, a.procs, a.file_kb, a.stalled, a.timeout, tmp, a.serve_args.split(), a.edge_nice)
+            r = run_fleet(n, a.procs, a.file_kb, a.stalled, a.timeout, tmp, a.serve_args.split(), a.edge_nice,
+                          a.logs)
             rows.append(r)
             print("N={}: {} verified, {} errors; publish->verified p50 {:.2f} s p99 {:.2f} s max {:.2f} s; "
                   "health p99 {:.1f} ms, ListModels p99 {:.1f} ms; server CPU {:.1f} s, peak RSS {:.0f} MB ({:.0f} s)"

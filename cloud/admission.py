@@ -70,6 +70,11 @@ class ServerLimits:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),  # edges may ping every 5 s
+            # calls that arrive faster than the event loop picks them up wait in grpc core; past its
+            # defaults (1,000 soft, 3,000 hard) core cancels them (clients see CANCELLED, e.g. when
+            # 2,000 edges ask for a new manifest at once): let them wait, admission decides
+            ("grpc.server.max_pending_requests", self.max_rpcs + self.max_streams),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * (self.max_rpcs + self.max_streams)),
             ("grpc.max_receive_message_length", int(self.max_message_bytes)),
             ("grpc.max_send_message_length", MAX_CHUNK_SIZE + MiB),
         ]
@@ -137,22 +142,27 @@ class Stream:
             await asyncio.wait_for(self.context.write(msg), self.limits.stream_idle_s)
         except asyncio.TimeoutError:
             await abort(self.context, grpc.StatusCode.DEADLINE_EXCEEDED, "reader stalled for over {:g} s "
-                        "(--stream-idle-s)".format(self.limits.stream_idle_s))
+                        "(--stream-idle-s)".format(self.limits.stream_idle_s), wait_s=STALLED_ABORT_WAIT_S)
 
 
 class PeerGone(Exception):
     """The call can no longer be answered (the client vanished while a write or the status was pending)."""
 
 
-ABORT_WAIT_S = 0.5  # a status queued behind data a stalled reader never takes is not waited for longer
+STALLED_ABORT_WAIT_S = 0.5  # a status queued behind data a stalled reader never takes is not waited for longer
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> None:
-    """``context.abort`` that raises ``PeerGone`` instead of grpc's internal errors when the call is dead,
-    and instead of waiting when the status cannot go out (queued behind unread data of a stalled reader:
-    it is still delivered if the reader ever reads on; the handler and its slot are freed now)."""
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,
+                wait_s: float | None = None) -> None:
+    """``context.abort`` that raises ``PeerGone`` instead of grpc's internal errors when the call is dead.
+    With ``wait_s`` (a stalled reader: the status is queued behind data it does not take) it does not wait
+    longer than that for the status to go out: it is still delivered if the reader ever reads on, and the
+    handler and its slot are freed now."""
     try:
-        await asyncio.wait_for(context.abort(code, details), ABORT_WAIT_S)
+        if wait_s is None:
+            await context.abort(code, details)
+        else:
+            await asyncio.wait_for(context.abort(code, details), wait_s)
     except grpc.aio.AbortError:
         raise
     except asyncio.TimeoutError:
