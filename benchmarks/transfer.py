@@ -82,6 +82,20 @@ def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
     return {"seconds": dt, "ttfb_s": first or 0.0, "bytes": n}
 
 
+def _cpu_s(pid: int) -> float:
+    with open("/proc/{}/stat".format(pid)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(fn: Any, pid: int, *args: Any) -> Dict[str, float]:
+    """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile."""
+    c0 = _cpu_s(pid)
+    r = fn(*args)
+    r["server_cpu_s"] = _cpu_s(pid) - c0
+    return r
+
+
 def _start(cmd: List[str], env: Dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
 
@@ -122,7 +136,7 @@ def main(argv: Any = None) -> int:
                 chunk = kb * 1024
                 r = runs[str(kb)] = {"grpc_download": [], "client_helper": [], "tcp_socket": []}
                 for i in range(a.repeats):
-                    r["grpc_download"].append(grpc_stream(stub, man["version"], chunk))
+                    r["grpc_download"].append(_measured(grpc_stream, cloud.pid, stub, man["version"], chunk))
                     dest = os.path.join(tmp, "got{}.bin".format(i))
                     t0 = time.perf_counter()
                     download_file(stub, "bench", man["version"], "blob.bin", dest, f0["size"], f0["sha256"],
@@ -130,7 +144,7 @@ def main(argv: Any = None) -> int:
                     r["client_helper"].append({"seconds": time.perf_counter() - t0, "ttfb_s": float("nan"),
                                                "bytes": f0["size"]})
                     os.remove(dest)
-                    r["tcp_socket"].append(tcp_stream(tcp_port, chunk))
+                    r["tcp_socket"].append(_measured(tcp_stream, tcp.pid, tcp_port, chunk))
             ch.close()
         finally:
             for p in (cloud, tcp):
@@ -142,8 +156,10 @@ def main(argv: Any = None) -> int:
         for k, rs in paths.items():
             mbps = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
             ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
+            cpu = [r["server_cpu_s"] / (r["bytes"] / 1e9) for r in rs if "server_cpu_s" in r]
             s[k] = {"MB_per_s_median": statistics.median(mbps), "MB_per_s": mbps,
-                    "ttfb_ms_median": statistics.median(ttfb) if ttfb else None}
+                    "ttfb_ms_median": statistics.median(ttfb) if ttfb else None,
+                    "server_cpu_s_per_GB_median": statistics.median(cpu) if cpu else None}
         s["grpc_over_tcp"] = s["grpc_download"]["MB_per_s_median"] / s["tcp_socket"]["MB_per_s_median"]
         s["helper_time_over_stream"] = s["grpc_download"]["MB_per_s_median"] / s["client_helper"]["MB_per_s_median"]
     best = max(summary, key=lambda kb: summary[kb]["grpc_over_tcp"])
@@ -155,11 +171,12 @@ def main(argv: Any = None) -> int:
     lines = ["# Download throughput on loopback ({} MiB blob, median of {}; servers in their own processes)".format(
         a.mb, a.repeats), "",
         "| chunk (KiB) | gRPC Download MB/s | client helper MB/s | plain TCP MB/s | gRPC / TCP | helper time / stream time "
-        "| first byte gRPC / TCP (ms) |", "|---|---|---|---|---|---|---|"]
+        "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) |", "|---|---|---|---|---|---|---|---|"]
     for kb, s in summary.items():
-        lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} |".format(
+        lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} | {:.2f} / {:.2f} |".format(
             kb, s["grpc_download"]["MB_per_s_median"], s["client_helper"]["MB_per_s_median"],
             s["tcp_socket"]["MB_per_s_median"], s["grpc_over_tcp"], s["helper_time_over_stream"],
+            s["grpc_download"]["server_cpu_s_per_GB_median"], s["tcp_socket"]["server_cpu_s_per_GB_median"],
             s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"]))
     lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}).".format(best, summary[best]["grpc_over_tcp"])]
     text = "\n".join(lines) + "\n"

@@ -208,17 +208,18 @@ class ModelEvents:
         self._task.cancel()
 
 
-def _next_message(chunks: Chunks) -> tuple[bytes | None, bool]:
+def _next_message(chunks: Chunks, nowait: bool = False) -> tuple[bytes | None, bool]:
     """(the next Download message (a serialized Chunk) or None after the last, whether it is the last).
-    After the last chunk the iterator is run to its end here, so its check that the blob did not change
-    while read (``DataLoss``) happens before that message goes out, and without another executor hop."""
-    item = next(chunks, None)
+    After the last chunk the reader is run to its end here, so its check that the blob did not change
+    while read (``DataLoss``) happens before that message goes out, and without another hop.
+    ``nowait``: ``BlockingIOError`` when the chunk is not in the page cache (``Chunks.read``)."""
+    item = chunks.read(nowait)
     if item is None:
         return None, True
     msg = encode_chunk(item[0], item[1], chunks.size, chunks.sha256)
     last = item[0] + len(item[1]) >= chunks.size
     if last:
-        next(chunks, None)
+        chunks.read()
     return msg, last
 
 
@@ -303,7 +304,10 @@ class ModelRegistryServicer:
             await stream.send(msg)
             if last:
                 return
-            msg, last = await self.blocking(_next_message, chunks)
+            try:  # from the page cache on the loop: no thread handoff (half the server's CPU per byte)
+                msg, last = _next_message(chunks, nowait=True)
+            except BlockingIOError:  # not cached: the disk read goes to the executor
+                msg, last = await self.blocking(_next_message, chunks)
 
     def _open(self, name: str, version: int, file: str, offset: int,
               chunk_size: int) -> tuple[Chunks, bytes | None, bool]:

@@ -29,7 +29,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -302,34 +302,74 @@ def _label(name: str, version: int, file: str) -> str:
 
 class Chunks:
     """Iterator of ``(offset, data)`` chunks of one blob (``read_chunks``), with the file's ``size`` (bytes)
-    and ``sha256``. Ends with ``DataLoss`` instead of a normal end when the blob changed while read."""
+    and ``sha256``; ``data`` is a ``bytearray``. Ends with ``DataLoss`` instead of a normal end when the
+    blob changed while read. The file is opened at once (``DataLoss`` if it is missing) and closed at the
+    end, on an error, or by ``close``.
+
+    ``read(nowait=True)`` reads only what is already in the page cache (``RWF_NOWAIT``) and raises
+    ``BlockingIOError`` instead of waiting for the disk: an event loop can read cached blobs itself and
+    hand only disk reads to a thread.
+    """
 
     def __init__(self, path: Path, size: int, sha256: str, offset: int, chunk_size: int, label: str) -> None:
         self.path, self.size, self.sha256 = path, size, sha256
-        self._gen = self._read(offset, chunk_size, label)
+        self.pos, self.chunk_size, self.label = offset, chunk_size, label
+        self.nowait_supported = hasattr(os, "RWF_NOWAIT")
+        try:
+            self._fd: int | None = os.open(str(path), os.O_RDONLY)
+        except FileNotFoundError:
+            raise DataLoss("{}: blob {} is missing on disk".format(label, path)) from None
+        self._before = os.fstat(self._fd)
 
     def __iter__(self) -> Chunks:
         return self
 
-    def __next__(self) -> tuple[int, bytes]:
-        return next(self._gen)
+    def __next__(self) -> tuple[int, bytearray]:
+        item = self.read()
+        if item is None:
+            raise StopIteration
+        return item
 
-    def _read(self, offset: int, chunk_size: int, label: str) -> Iterator[tuple[int, bytes]]:
-        path, size = self.path, self.size
+    def read(self, nowait: bool = False) -> tuple[int, bytearray] | None:
+        """The next chunk, or ``None`` after the last (once the blob was checked unchanged)."""
+        if self._fd is None:
+            return None
         try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise DataLoss("{}: blob {} is missing on disk".format(label, path)) from None
-        with f:
-            before = os.fstat(f.fileno())
-            f.seek(offset)
-            pos = offset
-            while pos < size:
-                b = f.read(min(chunk_size, size - pos))
-                if not b:
-                    raise DataLoss("{}: blob {} is truncated at {} bytes".format(label, path, pos))
-                yield pos, b
-                pos += len(b)
-            after = os.fstat(f.fileno())
-        if _fingerprint(after) != _fingerprint(before):
-            raise DataLoss("{}: blob {} changed on disk while it was sent".format(label, path))
+            if self.pos >= self.size:
+                after = os.fstat(self._fd)
+                self.close()
+                if _fingerprint(after) != _fingerprint(self._before):
+                    raise DataLoss("{}: blob {} changed on disk while it was sent".format(self.label, self.path))
+                return None
+            buf = bytearray(min(self.chunk_size, self.size - self.pos))
+            if nowait and self.nowait_supported:
+                try:
+                    n = os.preadv(self._fd, [buf], self.pos, os.RWF_NOWAIT)
+                except OSError as e:
+                    if isinstance(e, BlockingIOError):
+                        raise
+                    self.nowait_supported = False  # e.g. EOPNOTSUPP on this filesystem: read normally
+                    raise BlockingIOError(str(e)) from None
+            elif nowait:
+                raise BlockingIOError("RWF_NOWAIT is not available")
+            else:
+                n = os.preadv(self._fd, [buf], self.pos)
+            if n == 0:
+                raise DataLoss("{}: blob {} is truncated at {} bytes".format(self.label, self.path, self.pos))
+            if n < len(buf):
+                del buf[n:]
+            item = (self.pos, buf)
+            self.pos += n
+            return item
+        except BaseException as e:
+            if not isinstance(e, BlockingIOError):
+                self.close()
+            raise
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -651,3 +651,15 @@ def test_temp_files_of_a_killed_publish_are_cleaned_at_start(tmp_path):
         mine.write_bytes(b"in progress")
         assert reg.clean_tmp() == 1
         assert sorted(p.name for p in reg.tmp_dir.iterdir()) == [mine.name]
+
+
+def test_chunks_read_from_the_page_cache_without_waiting_or_say_so(reg, tmp_path):
+    data = os.urandom(3 * MIN_CHUNK_SIZE)
+    _publish(reg, tmp_path, payload=data)
+    chunks = reg.read_chunks("har", 1, "encoders.onnx", 0, MIN_CHUNK_SIZE)
+    got = [chunks.read(nowait=True)]  # just written: in the page cache
+    chunks.nowait_supported = False  # a filesystem without RWF_NOWAIT: the caller must use a thread
+    with pytest.raises(BlockingIOError):
+        chunks.read(nowait=True)
+    got += list(chunks)  # blocking reads go on where the cached one stopped
+    assert b"".join(b for _, b in got) == data and chunks.read() is None
