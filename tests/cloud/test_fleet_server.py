@@ -19,6 +19,7 @@ from cloud.registry import MIN_CHUNK_SIZE
 from cloud.server import CloudServer, check_listen
 from shared.errors import CosmoError
 from shared.rpc import ModelRegistryStub, pb
+from tests.util import wait_until
 
 HEALTHY = health_pb2.HealthCheckResponse.SERVING
 
@@ -27,15 +28,6 @@ def _publish(reg, tmp_path, size=1 << 20, seed=0, name="m"):
     p = tmp_path / "w{}.bin".format(seed)
     p.write_bytes(np.random.RandomState(seed).bytes(size))
     return reg.publish(name, {"weights.bin": (str(p), "state_dict")}, {"format": "cosmo-har/manifest"})
-
-
-def _until(cond, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 @pytest.fixture()
@@ -74,7 +66,7 @@ def test_250_watch_streams_health_and_unary_calls_still_answer_and_every_watcher
     assert all(e.kind == pb.ModelEvent.PUBLISHED and e.version == 2 and e.model.version == 2 for e in evs)
     for c in calls:
         c.cancel()
-    _until(lambda: srv.admission.watchers == 0, what="cancelled watchers to be released")
+    wait_until(lambda: srv.admission.watchers == 0, what="cancelled watchers to be released")
     for ch in channels:
         ch.close()
 
@@ -84,7 +76,7 @@ def test_over_a_limit_is_resource_exhausted_at_once_and_health_still_answers(sta
     ch = grpc.insecure_channel(target)
     stub = ModelRegistryStub(ch)
     held = [stub.WatchModels(pb.WatchModelsRequest()) for _ in range(3)]
-    _until(lambda: srv.admission.watchers == 3, what="3 watchers")
+    wait_until(lambda: srv.admission.watchers == 3, what="3 watchers")
     with pytest.raises(grpc.RpcError) as e:
         next(stub.WatchModels(pb.WatchModelsRequest(), timeout=10))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-watchers 3" in e.value.details()
@@ -97,7 +89,7 @@ def test_over_a_limit_is_resource_exhausted_at_once_and_health_still_answers(sta
         return slow(name)
     monkeypatch.setattr(srv.registry, "list_versions", list_slowly)
     futures = [stub.ListModels.future(pb.ListModelsRequest(name="n{}".format(i)), timeout=30) for i in range(2)]
-    _until(lambda: srv.admission.rpcs == 2, what="2 calls in flight")
+    wait_until(lambda: srv.admission.rpcs == 2, what="2 calls in flight")
     with pytest.raises(grpc.RpcError) as e:
         stub.ListModels(pb.ListModelsRequest(name="other"), timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-rpcs 2" in e.value.details()
@@ -105,7 +97,7 @@ def test_over_a_limit_is_resource_exhausted_at_once_and_health_still_answers(sta
     assert all(list(f.result().versions) == [] for f in futures)
     for c in held:
         c.cancel()
-    _until(lambda: srv.admission.watchers == 0 and srv.admission.rpcs == 0, what="everything released")
+    wait_until(lambda: srv.admission.watchers == 0 and srv.admission.rpcs == 0, what="everything released")
 
 
 def test_32_stalled_download_readers_do_not_block_others_and_are_cut_after_the_idle_deadline(started, tmp_path):
@@ -125,7 +117,7 @@ def test_32_stalled_download_readers_do_not_block_others_and_are_cut_after_the_i
         h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert h.status == HEALTHY
     # the stalled ones are ended by the server (--stream-idle-s), freeing their slots
-    _until(lambda: srv.admission.downloads == 0, what="stalled downloads to be cut")
+    wait_until(lambda: srv.admission.downloads == 0, what="stalled downloads to be cut")
     codes = []
     for s in stalled:
         with pytest.raises(grpc.RpcError) as e:
@@ -169,9 +161,9 @@ def test_keepalive_reaps_a_client_that_vanished_without_closing(started, tmp_pat
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     try:
         assert p.stdout.readline().strip() == "open"
-        _until(lambda: srv.admission.watchers == 1, what="the watcher to open")
+        wait_until(lambda: srv.admission.watchers == 1, what="the watcher to open")
         os.kill(p.pid, signal.SIGSTOP)  # frozen: its TCP connection stays open, but nothing answers pings
-        _until(lambda: srv.admission.watchers == 0, timeout=30, what="keepalive to reap the frozen client")
+        wait_until(lambda: srv.admission.watchers == 0, timeout=30, what="keepalive to reap the frozen client")
     finally:
         p.kill()
         p.wait()

@@ -14,6 +14,7 @@ from shared.data import make_synthetic
 from shared.experiment import prepare
 from shared.rpc import InferenceStub, pb
 from shared.training import Stage1Config, Stage2Config
+from tests.util import wait_until
 
 S1 = dict(epochs=2, batch_size=32, encoder_widths=(8, 8, 8), out_steps=4, proj_hidden=32, device="cpu")
 
@@ -52,12 +53,7 @@ def _request(ds, idx):
 
 
 def _wait(cond, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
+    wait_until(cond, timeout, what, every=0.1)
 
 
 def _serving(agent):
