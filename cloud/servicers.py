@@ -7,8 +7,10 @@ blocking registry work goes to a bounded executor, and errors map to status code
 * ``WatchModels``: every watcher is an asyncio queue fed by **one** registry subscription
   (``ModelEvents``), so a publish costs one manifest read and one message per watcher, however many
   edges watch; events committed by other processes (job workers) arrive through the registry's tailer.
-* ``Download``: chunks are read in the executor and written with a stall deadline; a stalled reader
-  holds at most its HTTP/2 flow-control window and one executor-free coroutine.
+* ``Download``: the blob is opened (and re-verified if it changed) in the executor; chunks already in
+  the page cache are then read and encoded on the loop, others in the executor, and each is written
+  with a stall deadline, so a stalled reader holds at most its HTTP/2 flow-control window, one
+  coroutine and its admission slot until ``--stream-idle-s``.
 * ``WatchJob``: a job subscription whose ``notify`` wakes the coroutine (no thread waits on it).
 """
 from __future__ import annotations
@@ -292,22 +294,29 @@ class ModelRegistryServicer:
         if request.chunk_size > MAX_CHUNK_SIZE:
             raise ValueError("field 'chunk_size' must be at most {} bytes, got {}".format(MAX_CHUNK_SIZE,
                                                                                    request.chunk_size))
-        # checks the file and, when its blob changed since it was verified, re-hashes it (DATA_LOSS); the
-        # executor reads and encodes each message, the loop only writes it
+        # checks the file and, when its blob changed since it was verified, re-hashes it (DATA_LOSS), then
+        # reads and encodes the first message
         chunks, msg, last = await self.blocking(self._open, request.name, request.version, request.file,
                                                 request.offset, request.chunk_size)
         stream = Stream(context, self.limits)
-        while msg is not None:
-            if stream.left() <= 0:
-                await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s (--stream-max-s);"
-                            " resume from where you are".format(self.limits.stream_max_s))
-            await stream.send(msg)
-            if last:
-                return
-            try:  # from the page cache on the loop: no thread handoff (half the server's CPU per byte)
-                msg, last = _next_message(chunks, nowait=True)
-            except BlockingIOError:  # not cached: the disk read goes to the executor
-                msg, last = await self.blocking(_next_message, chunks)
+        in_thread = False
+        try:
+            while msg is not None:
+                if stream.left() <= 0:
+                    await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "download open for over {:g} s "
+                                "(--stream-max-s); resume from where you are".format(self.limits.stream_max_s))
+                await stream.send(msg)
+                if last:
+                    return
+                try:  # from the page cache on the loop: no thread handoff (half the server's CPU per byte)
+                    msg, last = _next_message(chunks, nowait=True)
+                except BlockingIOError:  # not cached: the disk read goes to the executor
+                    in_thread = True
+                    msg, last = await self.blocking(_next_message, chunks)
+                    in_thread = False
+        finally:
+            if not in_thread:  # else a thread still reads it (we were cancelled): its __del__ closes it after
+                chunks.close()
 
     def _open(self, name: str, version: int, file: str, offset: int,
               chunk_size: int) -> tuple[Chunks, bytes | None, bool]:
