@@ -372,4 +372,7 @@ class Chunks:
             self._fd = None
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
