@@ -98,11 +98,10 @@ class Registry(Database, BlobStore, Versions, Events, Reports, Jobs):
         with self._tx() as c:
             done = tuple(sorted(TERMINAL_STATES))
             marks = ", ".join("?" * len(done))
-            keep = [row[0] for row in c.execute(
-                "SELECT id FROM jobs WHERE state IN ({}) ORDER BY updated_at DESC, rowid DESC LIMIT ?".format(marks),
-                done + (r.jobs_keep,))]
-            old = c.execute("SELECT id FROM jobs WHERE state IN ({}) AND (updated_at < ? OR id NOT IN ({}))".format(
-                marks, ", ".join("?" * len(keep)) or "''"), done + (_utc_ago(r.jobs_max_age_s),) + tuple(keep))
+            old = c.execute(
+                "SELECT id FROM jobs WHERE state IN ({0}) AND (updated_at < ? OR id NOT IN (SELECT id FROM jobs "
+                "WHERE state IN ({0}) ORDER BY updated_at DESC, rowid DESC LIMIT ?))".format(marks),
+                done + (_utc_ago(r.jobs_max_age_s),) + done + (r.jobs_keep,))
             job_ids = [row[0] for row in old]
             c.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in job_ids])
             top = c.execute("SELECT COALESCE(MAX(id), 0) FROM reports").fetchone()[0]
