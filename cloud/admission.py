@@ -86,11 +86,6 @@ class Admission:
     def __init__(self, limits: ServerLimits) -> None:
         self.limits = limits
         self.rpcs = self.streams = self.watchers = self.downloads = 0
-        self.refused = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return {"rpcs": self.rpcs, "streams": self.streams, "watchers": self.watchers, "downloads": self.downloads,
-                "refused": self.refused}
 
     def _over(self, kind: str) -> str | None:
         lim = self.limits
@@ -118,7 +113,6 @@ class Admission:
     async def enter(self, kind: str, context: grpc.aio.ServicerContext) -> None:
         why = self._over(kind)
         if why is not None:
-            self.refused += 1
             await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {}; retry later".format(why))
         self._add(kind, 1)
 

@@ -97,13 +97,11 @@ class Watcher:
         self.name, self.since, self.maxsize = name, since, maxsize  # since: events up to this seq are not owed
         self.queue: collections.deque[Any] = collections.deque()
         self.ready = asyncio.Event()
-        self.lost = 0
         self.closed = False
 
     def offer(self, msg: Any) -> None:
         if len(self.queue) >= self.maxsize:
             self.queue.popleft()
-            self.lost += 1
         self.queue.append(msg)
         self.ready.set()
 
