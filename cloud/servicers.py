@@ -77,6 +77,17 @@ def rpc(kind: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Aw
     return wrap
 
 
+def waker(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
+    """A registry ``notify`` callback: sets ``event`` on ``loop`` from any thread (a no-op once the loop is
+    closed, while the daemon stops)."""
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:
+            pass
+    return wake
+
+
 class Blocking:
     """The bounded executor for blocking registry work (SQLite, blob reads, job control)."""
 
@@ -134,14 +145,8 @@ class ModelEvents:
         self._pending: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         self._generation = 0
         self._wake = asyncio.Event()
-        self._sub: Subscription = registry.subscribe(maxsize=65536, notify=self._notify)
+        self._sub: Subscription = registry.subscribe(maxsize=65536, notify=waker(self.loop, self._wake))
         self._task = self.loop.create_task(self._run())
-
-    def _notify(self) -> None:  # registry threads
-        try:
-            self.loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:  # the loop is closed: the daemon is stopping
-            pass
 
     async def cached(self, key: tuple[Any, ...], fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` (a registry read) through the cache; concurrent misses of one key share one read,
@@ -372,15 +377,8 @@ class TrainingServicer:
     async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         """The job now, then every update until it ends (updates of worker processes arrive through the
         registry's event log)."""
-        loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-
-        def notify() -> None:
-            try:
-                loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:
-                pass
-        sub = self.registry.subscribe_jobs(request.id or None, notify=notify)
+        sub = self.registry.subscribe_jobs(request.id or None, notify=waker(asyncio.get_running_loop(), ready))
         stream = Stream(context, self.limits)
         try:
             j = await self.blocking(self.registry.get_job, request.id)
