@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from .registry import MAX_CHUNK_SIZE
+from .registry import MAX_CHUNK_SIZE, InvalidArgument
 
 MiB = 1 << 20
 
@@ -57,7 +57,7 @@ class ServerLimits:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError("--{} must be a number > 0, got {!r}".format(f.name.replace("_", "-"), v))
+                raise InvalidArgument(f.name, "must be a number > 0, got {!r}".format(v))
 
     def grpc_options(self) -> list[tuple[str, Any]]:
         """Channel arguments of the server: keepalive, message sizes, and no port sharing (SO_REUSEPORT

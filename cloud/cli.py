@@ -93,14 +93,14 @@ def _read_token(path: Optional[str]) -> Optional[str]:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .admission import ServerLimits
-    from .registry import Retention
+    from .registry import InvalidArgument, Retention
     from .server import check_listen, credentials, serve
     check_listen(a.listen)
     try:
         limits = ServerLimits(**{f: getattr(a, f) for f in _LIMIT_FLAGS})
         retention = Retention(**{f: getattr(a, f) for f in _RETENTION_FLAGS})
-    except ValueError as e:
-        raise CosmoError(str(e).replace("retention ", "--").replace("_", "-")) from None
+    except InvalidArgument as e:  # e.field is the dataclass field behind the flag
+        raise CosmoError("--{}: {}".format(e.field.replace("_", "-"), e.message)) from None
     return serve(a.data_dir, a.listen, token=_read_token(a.token_file),
                  tls=credentials(a.tls_cert, a.tls_key, a.tls_ca), max_jobs=a.max_jobs, grace=a.grace,
                  ready_file=a.ready_file, limits=limits, retention=retention, prune_interval_s=a.prune_interval_s,

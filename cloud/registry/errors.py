@@ -14,7 +14,7 @@ class InvalidArgument(RegistryError, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__("{}: {}".format(field, message))
-        self.field = field
+        self.field, self.message = field, message
 
 
 class NotFound(RegistryError):

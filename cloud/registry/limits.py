@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import InvalidArgument
+
 DEFAULT_CHUNK_SIZE = 1 << 20  # Download chunk when the client asks for none (benchmarks/transfer.py)
 MIN_CHUNK_SIZE = 16 << 10  # smaller requests are raised to this: a 1-byte chunk would cost a message per byte
 MAX_CHUNK_SIZE = 3 << 20  # stays under gRPC's default 4 MiB receive limit of every client
@@ -42,7 +44,7 @@ class Retention:
         for k in ("jobs_keep", "reports_keep", "events_keep"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError("retention {} must be an int >= 1, got {!r}".format(k, v))
+                raise InvalidArgument(k, "must be an int >= 1, got {!r}".format(v))
         for k in ("jobs_max_age_s", "reports_max_age_s", "events_max_age_s"):
             if not getattr(self, k) > 0:
-                raise ValueError("retention {} must be > 0 seconds, got {!r}".format(k, getattr(self, k)))
+                raise InvalidArgument(k, "must be > 0 seconds, got {!r}".format(getattr(self, k)))
