@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -40,14 +39,17 @@ BUSY = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
 # ------------------------------------------------------------------------------------------ edges
 
 async def _retry(fn: Any, *args: Any) -> Any:
+    """``await fn(*args)``, retrying a busy server with the client helper's jittered backoff."""
     import grpc
+
+    from shared.client import backoff
     for attempt in range(1, 30):
         try:
             return await fn(*args)
         except grpc.aio.AioRpcError as e:
             if e.code().name not in BUSY:
                 raise
-            await asyncio.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff(0.2, attempt, cap_s=5.0))
     raise RuntimeError("still busy after 30 tries")
 
 
@@ -59,8 +61,6 @@ async def _edge(i: int, target: str, have: int, ready: asyncio.Event, out: Dict[
     # a local subchannel pool: every edge its own TCP connection, as separate devices would have
     ch = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
     stub = ModelRegistryStub(ch)
-    raw = ch.unary_stream("/cosmo.v1.ModelRegistry/Download", request_serializer=pb.DownloadRequest.SerializeToString,
-                          response_deserializer=None)
     try:
         out["stage"] = "watch"
         watch = stub.WatchModels(pb.WatchModelsRequest(name=MODEL, send_current=True))
@@ -75,7 +75,7 @@ async def _edge(i: int, target: str, have: int, ready: asyncio.Event, out: Dict[
             for f in man.files:
                 async def fetch(f: Any = f, version: int = man.version) -> int:
                     h, n = hashlib.sha256(), 0
-                    async for m in raw(pb.DownloadRequest(name=MODEL, version=version, file=f.path)):
+                    async for m in stub.DownloadRaw(pb.DownloadRequest(name=MODEL, version=version, file=f.path)):
                         data = decode_chunk(m)[1]
                         h.update(data)
                         n += len(data)
@@ -156,7 +156,7 @@ def probe_main(target: str, seconds: float) -> None:
 
 # ------------------------------------------------------------------------------------------ driver
 
-def _proc_stat(pid: int) -> Dict[str, float]:
+def proc_stat(pid: int) -> Dict[str, float]:
     with open("/proc/{}/stat".format(pid)) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -223,7 +223,7 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
             raise RuntimeError("cloud-server exited: " + _tail(server_log))
         target = "127.0.0.1:" + open(ready_file).read().strip()
         time.sleep(1.0)
-        idle = _proc_stat(server.pid)
+        idle = proc_stat(server.pid)
         t_start = time.time()
         per = [n // procs + (1 if k < n % procs else 0) for k in range(min(procs, n))]
         first = 0
@@ -242,12 +242,12 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
             _ready(p, "edge process", os.path.join(logs, "edges.log"))
         t_watching = time.time()
         time.sleep(1.0)
-        watching = _proc_stat(server.pid)
+        watching = proc_stat(server.pid)
         probe = _spawn(["--role", "probe", target, str(timeout_s)], os.path.join(logs, "probe.log"))
         children.append(probe)
         _ready(probe, "prober", os.path.join(logs, "probe.log"))
         time.sleep(1.0)  # baseline latency before the publish
-        before = _proc_stat(server.pid)
+        before = proc_stat(server.pid)
         with Registry(data) as reg:
             t_pub = time.time()
             reg.publish(MODEL, files[2], {"format": "cosmo-har/manifest"})
@@ -256,7 +256,7 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
             out, _ = p.communicate(timeout=timeout_s + 60)
             results += json.loads(out.strip().splitlines()[-1])
         t_end = time.time()
-        after = _proc_stat(server.pid)
+        after = proc_stat(server.pid)
         probe.terminate()
         out, _ = probe.communicate(timeout=60)
         lines = [ln for ln in out.strip().splitlines() if ln.startswith("[")]
@@ -284,7 +284,6 @@ def run_fleet(n: int, procs: int, file_kb: List[int], stalled: int, timeout_s: f
     return {
         "edges": n, "edge_procs": len(per), "stalled_readers": stalled, "file_kb": file_kb,
         "verified": len(verified), "errors": len(errors), "error_samples": errors[:5],
-        "failed_edges": sorted(int(e.split()[1]) for e in errors),
         "failed_after_s": {"min": min(failed_after), "max": max(failed_after)} if failed_after else None,
         "connect_s": t_watching - t_start,
         "publish_to_verified_s": {"p50": _pct(verified, 50), "p99": _pct(verified, 99), "max": last},

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.fleet import proc_stat  # noqa: E402
 from cloud.registry import Registry  # noqa: E402
 from shared.client import download_file  # noqa: E402
 from shared.rpc import ModelRegistryStub, pb  # noqa: E402
@@ -82,17 +83,11 @@ def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
     return {"seconds": dt, "ttfb_s": first or 0.0, "bytes": n}
 
 
-def _cpu_s(pid: int) -> float:
-    with open("/proc/{}/stat".format(pid)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measured(fn: Any, pid: int, *args: Any) -> Dict[str, float]:
     """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile."""
-    c0 = _cpu_s(pid)
+    c0 = proc_stat(pid)["cpu_s"]
     r = fn(*args)
-    r["server_cpu_s"] = _cpu_s(pid) - c0
+    r["server_cpu_s"] = proc_stat(pid)["cpu_s"] - c0
     return r
 
 
