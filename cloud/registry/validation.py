@@ -17,7 +17,7 @@ from .limits import ALIAS_RE, NAME_RE
 
 
 def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _utc_ago(0.0)
 
 
 def _check_name(name: Any, field: str = "name") -> str:
