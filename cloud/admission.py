@@ -3,16 +3,15 @@
 Every resource a client can hold has a limit (``ServerLimits``, one ``cloud-server serve`` flag each).
 Over a limit a call gets ``RESOURCE_EXHAUSTED`` at once, never a queue or a hang. Health checks and
 reflection are never counted (they run on the event loop, outside every limit and executor), and the
-token check runs before admission, so unauthenticated calls never take capacity from authenticated ones.
+token check (``shared.rpc.auth.TokenAuth``) runs before admission, so unauthenticated calls never take
+capacity from authenticated ones.
 
 All counters live on the daemon's one event-loop thread, so they need no lock.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -143,6 +142,7 @@ class PeerGone(Exception):
     """The call can no longer be answered (the client vanished while a write or the status was pending)."""
 
 
+MAX_DETAILS = 1024  # characters of a status text
 STALLED_ABORT_WAIT_S = 0.5  # a status queued behind data a stalled reader never takes is not waited for longer
 
 
@@ -152,6 +152,8 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, detail
     With ``wait_s`` (a stalled reader: the status is queued behind data it does not take) it does not wait
     longer than that for the status to go out: it is still delivered if the reader ever reads on, and the
     handler and its slot are freed now."""
+    if len(details) > MAX_DETAILS:  # an echoed client value must not push the status past the metadata limit
+        details = details[:MAX_DETAILS] + "..."
     try:
         if wait_s is None:
             await context.abort(code, details)
@@ -163,29 +165,3 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, detail
         raise PeerGone("status queued behind unread data") from None
     except Exception as e:  # cygrpc ExecuteBatchError / UsageError: nobody to send the status to
         raise PeerGone(type(e).__name__) from None
-
-
-class TokenAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every cosmo RPC (health and reflection stay open).
-    Runs before the servicer, so a refused call never counts against the limits."""
-
-    def __init__(self, token: str) -> None:
-        self.expected = ("Bearer " + token).encode()
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/cosmo."):
-            return handler
-        got = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(got).encode(), self.expected):
-            return handler
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)

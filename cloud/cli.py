@@ -77,34 +77,27 @@ def cmd_quality(a: argparse.Namespace) -> int:
 
 
 def _channel(a: argparse.Namespace) -> Any:
-    from shared.client import connect
-    return connect(a.server, token=_read_token(a.token_file), ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key)
-
-
-def _read_token(path: Optional[str]) -> Optional[str]:
-    if not path:
-        return None
-    with open(path) as f:
-        token = f.read().strip()
-    if not token:
-        raise CosmoError("{}: token file is empty".format(path))
-    return token
+    from shared.client import connect_link
+    return connect_link(a, a.server)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .admission import ServerLimits
+    from shared.rpc.auth import read_token, server_credentials
+
     from .registry import InvalidArgument, Retention
-    from .server import check_listen, credentials, serve
+    from .server import check_exposure, check_listen, serve
     check_listen(a.listen)
+    token, tls = read_token(a.token_file), server_credentials(a.tls_cert, a.tls_key, a.tls_ca)
+    check_exposure(a.listen, token, tls, a.insecure)
     try:
         limits = ServerLimits(**{f: getattr(a, f) for f in _LIMIT_FLAGS})
         retention = Retention(**{f: getattr(a, f) for f in _RETENTION_FLAGS})
     except InvalidArgument as e:  # e.field is the dataclass field behind the flag
         raise CosmoError("--{}: {}".format(e.field.replace("_", "-"), e.message)) from None
-    return serve(a.data_dir, a.listen, token=_read_token(a.token_file),
-                 tls=credentials(a.tls_cert, a.tls_key, a.tls_ca), max_jobs=a.max_jobs, grace=a.grace,
+    return serve(a.data_dir, a.listen, token=token, tls=tls, max_jobs=a.max_jobs, grace=a.grace,
                  ready_file=a.ready_file, limits=limits, retention=retention, prune_interval_s=a.prune_interval_s,
-                 scrub_interval_s=a.scrub_interval_s)
+                 scrub_interval_s=a.scrub_interval_s, datasets_dir=a.datasets_dir)
 
 
 # ``serve`` flags of ServerLimits and Retention fields (defaults and help from the dataclasses)
@@ -298,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-cert")
     sv.add_argument("--tls-key")
     sv.add_argument("--tls-ca", help="with cert + key: require client certificates signed by this CA (mTLS)")
-    sv.add_argument("--token-file", help="require this bearer token on every cosmo RPC")
+    sv.add_argument("--token-file", help="require the bearer token in this file on every call but health checks")
+    sv.add_argument("--insecure", action="store_true",
+                    help="allow a --listen address other hosts can reach without a token or TLS")
+    sv.add_argument("--datasets-dir", help="jobs may train on dataset paths under this folder (NAME:PATH or "
+                    "PATH.npz, relative to it); without it only the packaged datasets (hapt, basicmotions, "
+                    "synthetic)")
     sv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
     sv.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
     sv.add_argument("--ready-file", help="write the bound port here once serving")
@@ -317,11 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--server", default="127.0.0.1:50051", help="host:port of cloud-server serve")
-        sp.add_argument("--token-file")
-        sp.add_argument("--tls-ca")
-        sp.add_argument("--tls-cert")
-        sp.add_argument("--tls-key")
+        from shared.client import add_link_args
+        add_link_args(sp, "--server", "127.0.0.1:50051", "cloud-server serve")
         return sp
     sb = client(sub.add_parser("submit", help="submit a training job to the daemon"))
     sb.add_argument("kind", choices=["pretrain", "quality", "align"])

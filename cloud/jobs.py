@@ -6,80 +6,57 @@ encoder -> publish (kind ``align``) in a separate process (``spawn``), never in 
 into the registry's jobs table (SQLite, WAL), so ``GetJob`` and ``WatchJob`` read it from there and it
 survives a server restart. Cancelling terminates the worker mid-epoch; stage 1's per-epoch checkpoint
 in the job's folder stays, and a job interrupted by a server shutdown resumes from it when re-run.
+A worker dies with its server, even one killed with SIGKILL (``_die_with``), so a job has one truth: a
+restarted server never finds a worker of its predecessor still running. Submissions are checked in
+``cloud.jobspec`` before anything is queued.
 """
-import json
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import threading
 import time
 import traceback
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, clip
 
+from .jobspec import DEFAULT_LABEL_RATE, validate
 from .registry import TERMINAL_STATES as TERMINAL
-from .registry import Conflict, Registry
+from .registry import Conflict, NotFound, Registry
 
 log = logging.getLogger(__name__)
-KINDS = ("pretrain", "quality", "align")
-JOB_KEYS = {"label_rate": float, "labels_per_class": int, "split_seed": int, "model_name": str,
-            "features": str, "model_version": int}
-# align: AlignConfig keys + these (holdout: activities kept out of training; max_windows: cap per split)
-ALIGN_JOB_KEYS = {"split_seed": int, "model_name": str, "holdout": list, "max_windows": int}
+PR_SET_PDEATHSIG = 1
 
 
 class Busy(Exception):
     """Too many jobs are active (maps to RESOURCE_EXHAUSTED)."""
 
 
-def validate(kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
-    """Check a submission; raise ``ConfigError`` naming the field. Returns the parsed config. (Imports the
-    training configs on first use: the daemon itself never loads torch unless jobs are submitted.)"""
-    from shared.training.common import config_from_dict
-    from shared.training.stage1 import Stage1Config
-    if kind not in KINDS:
-        raise ConfigError("field 'kind' must be one of {}, got {!r}".format(list(KINDS), kind))
-    if not dataset:
-        raise ConfigError("field 'dataset' is empty (hapt, basicmotions, synthetic or a .npz path)")
+def _die_with(parent_pid: int) -> None:
+    """Make this worker die with its server: the kernel's parent-death signal (Linux), and a watchdog that
+    exits once the parent is gone (covers the race before the signal was armed, and other systems). A
+    server killed with SIGKILL thus never leaves a worker that could publish while it is down."""
     try:
-        cfg = json.loads(config_json) if config_json else {}
-    except ValueError as e:
-        raise ConfigError("field 'config_json' is not valid JSON: {}".format(e)) from e
-    if not isinstance(cfg, dict):
-        raise ConfigError("field 'config_json' must be a JSON object")
-    keys = ALIGN_JOB_KEYS if kind == "align" else JOB_KEYS
-    job = {k: cfg.pop(k) for k in list(cfg) if k in keys}
-    for k, v in job.items():
-        typ = keys[k]
-        if typ is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if not isinstance(v, typ) or isinstance(v, bool):
-            raise ConfigError("config field {!r} must be {}, got {!r}".format(k, typ.__name__, v))
-        job[k] = v
-    if "label_rate" in job and not 0.0 < job["label_rate"] <= 1.0:
-        raise ConfigError("config field 'label_rate' must be in (0, 1], got {}".format(job["label_rate"]))
-    if "features" in job and job["features"] not in ("encoder", "raw"):
-        raise ConfigError("config field 'features' must be 'encoder' or 'raw', got {!r}".format(job["features"]))
-    if kind == "align":
-        if not all(isinstance(c, str) for c in job.get("holdout", [])):
-            raise ConfigError("config field 'holdout' must be a list of activity names, got {!r}".format(
-                job["holdout"]))
-        if job.get("max_windows", 0) < 0:
-            raise ConfigError("config field 'max_windows' must be >= 0, got {}".format(job["max_windows"]))
-        from shared.training.align import AlignConfig
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
-        from .align import ALIGN_DEFAULTS
-        align = config_from_dict(AlignConfig, dict(ALIGN_DEFAULTS, **cfg), where="config_json")
-        align.check()
-        return {"job": job, "stage1": cfg, "resolved": align}
-    stage1 = config_from_dict(Stage1Config, cfg, where="config_json")
-    return {"job": job, "stage1": cfg, "resolved": stage1}
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: str) -> None:
+def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: str, datasets_dir: Optional[str],
+            parent_pid: int) -> None:
     """Entry point of the worker process."""
+    _die_with(parent_pid)
     import torch
 
     from .pipeline import prepare_from, run_pretrain, run_quality
@@ -92,8 +69,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
     def progress(p: Dict[str, Any]) -> None:
         reg.update_job(job_id, state="RUNNING", progress=p)  # Conflict once cancelled: ends the work
     try:
-        v = validate(kind, dataset, config_json)
-        job, cfg = v["job"], v["resolved"]
+        v = validate(kind, dataset, config_json, datasets_dir)
+        job, cfg, dataset = v["job"], v["resolved"], v["dataset"]
         progress({"stage": "start", "message": "worker pid {}".format(os.getpid())})
         if kind == "pretrain":
             res = run_pretrain(work, dataset, cfg, label_rate=job.get("label_rate"),
@@ -110,7 +87,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
         elif kind == "align":
             _align_job(reg, job_id, work, data_dir, dataset, job, cfg, progress)
         else:
-            prep = prepare_from({"dataset": dataset, "label_rate": job.get("label_rate"),
+            rate = job.get("label_rate", None if "labels_per_class" in job else DEFAULT_LABEL_RATE)
+            prep = prepare_from({"dataset": dataset, "label_rate": rate,
                                  "labels_per_class": job.get("labels_per_class"), "seed": cfg.seed,
                                  "split_seed": job.get("split_seed", 0)})
             features = job.get("features", "raw")
@@ -127,7 +105,7 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
     except Conflict:
         log.info("job %s was cancelled or finished elsewhere; worker stops", job_id)
     except Exception as e:  # the job fails, the worker process ends cleanly
-        log.error("job %s failed: %s", job_id, traceback.format_exc())
+        log.error("job %s failed: %s", job_id, traceback.format_exc())  # a server fault: submit checked the rest
         try:
             reg.update_job(job_id, state="FAILED", error="{}: {}".format(type(e).__name__, e))
         except Conflict:
@@ -165,8 +143,8 @@ class JobRunner(object):
     """Starts queued jobs in worker processes (at most ``max_jobs`` at once) and watches them."""
 
     def __init__(self, registry: Registry, data_dir: str, max_jobs: int = 1, max_queued: int = 4,
-                 poll_s: float = 0.2) -> None:
-        self.registry, self.data_dir = registry, data_dir
+                 poll_s: float = 0.2, datasets_dir: Optional[str] = None) -> None:
+        self.registry, self.data_dir, self.datasets_dir = registry, data_dir, datasets_dir
         self.max_jobs, self.max_queued, self.poll_s = max_jobs, max_queued, poll_s
         self._procs = {}  # type: Dict[str, Any]
         self._lock = threading.Lock()
@@ -180,13 +158,25 @@ class JobRunner(object):
         return self
 
     def submit(self, kind: str, dataset: str, config_json: str) -> Dict[str, Any]:
-        validate(kind, dataset, config_json)
+        job = validate(kind, dataset, config_json, self.datasets_dir)["job"]
+        if kind == "quality" and job.get("features", "raw") == "encoder":  # its model must exist now
+            name, version = job.get("model_name", "cosmo-encoders"), job.get("model_version")
+            try:
+                man = self.registry.get(name, version=version) if version else self.registry.get(name, alias="latest")
+            except NotFound as e:
+                raise ConfigError("config fields 'model_name'/'model_version': {}".format(e)) from None
+            if not any(f["path"] == "encoders.pt" for f in man["files"]):
+                raise ConfigError("config field 'model_name': {} v{} has no encoders.pt to score".format(
+                    man["name"], man["version"]))
         with self._lock:
             active = self.registry.list_jobs(states=["QUEUED", "RUNNING"])
             if len(active) >= self.max_jobs + self.max_queued:
                 raise Busy("{} jobs are active (limit {} running + {} queued); retry later".format(
                     len(active), self.max_jobs, self.max_queued))
-            return self.registry.create_job(kind, dataset, config_json)
+            created = self.registry.create_job(kind, dataset, config_json or "{}")
+        for job_id in self.registry.prune_jobs():  # the table stays bounded however fast jobs come and go
+            shutil.rmtree(job_dir(self.data_dir, job_id), ignore_errors=True)
+        return created
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
         with self._lock:
@@ -224,11 +214,11 @@ class JobRunner(object):
             for j in queued[: self.max_jobs - len(self._procs)]:
                 self.registry.update_job(j["id"], state="RUNNING", progress={"stage": "starting"})
                 p = self._ctx.Process(target=_worker, name="job-" + j["id"][:8],
-                                      args=(j["id"], self.data_dir, j["kind"], j["dataset"], j["config_json"]),
-                                      daemon=True)
+                                      args=(j["id"], self.data_dir, j["kind"], j["dataset"], j["config_json"],
+                                            self.datasets_dir, os.getpid()), daemon=True)
                 p.start()
                 self._procs[j["id"]] = p
-                log.info("job %s (%s on %s) started in pid %s", j["id"], j["kind"], j["dataset"], p.pid)
+                log.info("job %s (%s on %s) started in pid %s", j["id"], j["kind"], clip(j["dataset"]), p.pid)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop starting jobs; terminate running workers (their last epoch checkpoint stays) and put

@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.errors import CosmoError
 from shared.rpc import add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server, enable_reflection
+from shared.rpc.auth import TokenAuth, is_loopback
 
-from .admission import Admission, ServerLimits, TokenAuth
+from .admission import Admission, ServerLimits
 from .jobs import JobRunner, job_dir
 from .registry import Registry, Retention
 from .servicers import Blocking, ModelEvents, ModelRegistryServicer, TrainingServicer
@@ -47,6 +48,13 @@ def check_listen(listen: str) -> str:
     return listen
 
 
+def check_exposure(listen: str, token: str | None, tls: Any, insecure: bool) -> None:
+    """A listener other hosts can reach needs a token or TLS, unless the operator says ``--insecure``."""
+    if not (token or tls or insecure or is_loopback(listen)):
+        raise CosmoError("--listen {}: reachable from other hosts without --token-file or --tls-cert/--tls-key; "
+                         "add credentials (docs/security.md) or --insecure on a trusted network".format(listen))
+
+
 def raise_fd_limit() -> int:
     """Raise the soft open-file limit to the hard one (every edge connection is a file descriptor)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -65,15 +73,19 @@ class CloudServer:
     def __init__(self, data_dir: str, listen: str = "127.0.0.1:0", token: str | None = None,
                  tls: grpc.ServerCredentials | None = None, max_jobs: int = 1, max_queued: int = 4,
                  limits: ServerLimits | None = None, retention: Retention | None = None,
-                 prune_interval_s: float = 600.0, scrub_interval_s: float = 6 * 3600.0) -> None:
+                 prune_interval_s: float = 600.0, scrub_interval_s: float = 6 * 3600.0,
+                 datasets_dir: str | None = None) -> None:
         self.listen = check_listen(listen)
+        if datasets_dir is not None and not os.path.isdir(datasets_dir):
+            raise CosmoError("--datasets-dir {}: not a folder".format(datasets_dir))
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self.limits = limits or ServerLimits()
         self.token, self.tls = token, tls
         self.prune_interval_s, self.scrub_interval_s = prune_interval_s, scrub_interval_s
         self.registry = Registry(data_dir, retention=retention)
-        self.runner = JobRunner(self.registry, data_dir, max_jobs=max_jobs, max_queued=max_queued)
+        self.runner = JobRunner(self.registry, data_dir, max_jobs=max_jobs, max_queued=max_queued,
+                                datasets_dir=os.path.abspath(datasets_dir) if datasets_dir else None)
         self.admission = Admission(self.limits)
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -178,37 +190,17 @@ class CloudServer:
         await self._loop.run_in_executor(self._scrub_pool, lambda: self.registry.scrub(pause_s=0.05, stop=stop))
 
 
-def credentials(cert: str | None, key: str | None, ca: str | None) -> grpc.ServerCredentials | None:
-    """TLS (cert + key) or mTLS (also ca: clients must present a certificate it signed)."""
-    if not cert and not key:
-        if ca:
-            raise CosmoError("--tls-ca needs --tls-cert and --tls-key")
-        return None
-    if not (cert and key):
-        raise CosmoError("TLS needs both --tls-cert and --tls-key")
-
-    def read(p: str, flag: str) -> bytes:
-        try:
-            with open(p, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise CosmoError("{} {}: {}".format(flag, p, e.strerror)) from None
-    return grpc.ssl_server_credentials([(read(key, "--tls-key"), read(cert, "--tls-cert"))],
-                                       root_certificates=read(ca, "--tls-ca") if ca else None,
-                                       require_client_auth=bool(ca))
-
-
 def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.ServerCredentials | None = None,
           max_jobs: int = 1, grace: float = 5.0, ready_file: str | None = None, limits: ServerLimits | None = None,
           retention: Retention | None = None, prune_interval_s: float = 600.0,
-          scrub_interval_s: float = 6 * 3600.0) -> int:
+          scrub_interval_s: float = 6 * 3600.0, datasets_dir: str | None = None) -> int:
     """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once serving."""
     fds = raise_fd_limit()
     # The event loop shares the GIL with the executor threads; a shorter switch interval (default 5 ms)
     # bounds how long health checks and small RPCs wait for it while blob reads run.
     sys.setswitchinterval(0.001)
     srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs, limits=limits, retention=retention,
-                      prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s)
+                      prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s, datasets_dir=datasets_dir)
     need = srv.limits.max_streams + srv.limits.max_rpcs + 64
     if fds < need:
         log.warning("open-file limit %d is below --max-streams + --max-rpcs + 64 = %d: connections past it "
@@ -231,4 +223,4 @@ def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.Server
     return 0
 
 
-__all__ = ["CloudServer", "SERVICES", "ServerLimits", "check_listen", "credentials", "serve"]
+__all__ = ["CloudServer", "SERVICES", "ServerLimits", "check_exposure", "check_listen", "serve"]

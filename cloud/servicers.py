@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from shared.errors import CosmoError
+from shared.errors import CosmoError, clip
 from shared.rpc import pb
 from shared.rpc.chunks import encode_chunk
 
@@ -65,10 +65,14 @@ def rpc(kind: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Aw
                     log.debug("%s: client cancelled (%s)", fn.__name__, type(e).__name__)
                     return None
                 code = _status(e)
+                details = str(e)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("internal error in %s", fn.__name__)
+                else:  # a client's mistake: one line, escaped (a client string cannot forge a log line)
+                    log.log(logging.INFO if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.WARNING,
+                            "%s from %s: %s %s", fn.__name__, context.peer(), code.name, clip(details, 300))
                 try:
-                    await abort(context, code, str(e))
+                    await abort(context, code, details)
                 except PeerGone:
                     raise asyncio.CancelledError() from None
             finally:
@@ -382,6 +386,7 @@ class TrainingServicer:
         stream = Stream(context, self.limits)
         try:
             j = await self.blocking(self.registry.get_job, request.id)
+            config_json = j["config_json"]  # not in the events (it never changes)
             await stream.send(serde.job(j))
             while j["state"] not in TERMINAL_STATES:
                 try:
@@ -395,7 +400,7 @@ class TrainingServicer:
                     continue
                 if ev is None:  # the registry closed the subscription
                     return
-                j = ev["job"]
+                j = dict(ev["job"], config_json=config_json)
                 await stream.send(serde.job(j))
         finally:
             self.registry.unsubscribe(sub)

@@ -2,6 +2,7 @@
 
 Runs on the edge (Python 3.6, grpcio 1.48, protobuf 3.19) as well as in the cloud.
 """
+import argparse
 import hashlib
 import json
 import logging
@@ -16,7 +17,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import grpc
 
 from .errors import CosmoError, DataError
+from .manifest import check_file_path
 from .rpc import ModelRegistryStub, TrainingStub, pb
+from .rpc.auth import read_file, read_token
 from .rpc.chunks import decode_chunk
 
 log = logging.getLogger(__name__)
@@ -61,21 +64,40 @@ class _CallDetails(grpc.ClientCallDetails):
 
 
 def connect(target: str, token: Optional[str] = None, ca: Optional[str] = None, cert: Optional[str] = None,
-            key: Optional[str] = None) -> grpc.Channel:
-    """A channel to ``host:port``; TLS when ``ca`` is given (mTLS with ``cert`` + ``key``), and a bearer
-    token on every call when ``token`` is given."""
+            key: Optional[str] = None, options: Optional[Sequence[Tuple[str, Any]]] = None) -> grpc.Channel:
+    """A channel to ``host:port`` (or ``unix:/path``); TLS when ``ca`` is given (mTLS with ``cert`` +
+    ``key``), and a bearer token on every call when ``token`` is given. Unreadable files raise
+    ``CosmoError`` naming the flag."""
+    if (cert or key) and not ca:
+        raise CosmoError("--tls-cert/--tls-key (a client certificate) need --tls-ca (the server's CA)")
+    if bool(cert) != bool(key):
+        raise CosmoError("a client certificate needs both --tls-cert and --tls-key")
     if ca:
-        def read(p: Optional[str]) -> Optional[bytes]:
-            if not p:
-                return None
-            with open(p, "rb") as f:
-                return f.read()
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(read(ca), read(key), read(cert)))
+        def read(p: Optional[str], flag: str) -> Optional[bytes]:
+            return read_file(p, flag) if p else None
+        creds = grpc.ssl_channel_credentials(read(ca, "--tls-ca"), read(key, "--tls-key"), read(cert, "--tls-cert"))
+        channel = grpc.secure_channel(target, creds, options=options)
     else:
-        channel = grpc.insecure_channel(target)
+        channel = grpc.insecure_channel(target, options=options)
     if token:
         channel = grpc.intercept_channel(channel, _BearerToken(token))
     return channel
+
+
+def add_link_args(parser: argparse.ArgumentParser, flag: str, default: Optional[str], what: str) -> None:
+    """The flags of a command that is a client of a daemon: ``flag`` (its address) and the credentials of
+    that link, named the same in every CLI: ``--token-file``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``."""
+    parser.add_argument(flag, default=default, required=default is None,
+                        help="host:port (or unix:/path) of {}".format(what))
+    parser.add_argument("--token-file", help="send the bearer token in this file on every call")
+    parser.add_argument("--tls-ca", help="connect with TLS, trusting this CA for the server's certificate")
+    parser.add_argument("--tls-cert", help="with --tls-ca and --tls-key: this client certificate (mTLS)")
+    parser.add_argument("--tls-key", help="the client certificate's private key")
+
+
+def connect_link(a: argparse.Namespace, target: str) -> grpc.Channel:
+    """``connect`` with the flags of ``add_link_args``."""
+    return connect(target, token=read_token(a.token_file), ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key)
 
 
 def _sha256_of(path: str) -> "hashlib._Hash":
@@ -236,7 +258,7 @@ def pull(channel: grpc.Channel, name: str, dest_root: str, version: Optional[int
     """
     stub = ModelRegistryStub(channel)
     man = get_manifest(stub, name, version, alias)
-    v = int(man["version"])
+    v = _check_manifest(man, name)
     final = os.path.join(dest_root, name, "v{}".format(v))
     if os.path.isfile(os.path.join(final, "manifest.json")):
         return final, man
@@ -258,6 +280,26 @@ def pull(channel: grpc.Channel, name: str, dest_root: str, version: Optional[int
     return final, man
 
 
+def _check_manifest(man: Any, name: str) -> int:
+    """The version of a manifest from the wire, after checking everything ``pull`` takes from it to name
+    files: a rogue or spoofed server must not write outside the install folder. Returns the version."""
+    if not isinstance(man, dict) or not isinstance(man.get("files"), list):
+        raise DataError("manifest of {!r}: not an object with a 'files' list".format(name))
+    v = man.get("version")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise DataError("manifest of {!r}: field 'version' must be an int >= 1".format(name))
+    for i, f in enumerate(man["files"]):
+        if not isinstance(f, dict):
+            raise DataError("manifest of {!r}: files[{}] is not an object".format(name, i))
+        check_file_path(f.get("path"), "manifest files[{}].path".format(i))
+        size, sha = f.get("size"), f.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise DataError("manifest of {!r}: files[{}].size must be an int >= 0".format(name, i))
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise DataError("manifest of {!r}: files[{}].sha256 must be 64 hex digits".format(name, i))
+    return v
+
+
 def submit_job(channel: grpc.Channel, kind: str, dataset: str, config: Optional[Dict[str, Any]] = None) -> Any:
     return TrainingStub(channel).SubmitJob(pb.SubmitJobRequest(kind=kind, dataset=dataset,
                                                                config_json=json.dumps(config or {})))
@@ -276,5 +318,5 @@ def wait_job(channel: grpc.Channel, job_id: str, on_update: Optional[Callable[[A
     return last
 
 
-__all__: List[str] = ["connect", "download_file", "get_manifest", "pull", "submit_job", "wait_job",
-                      "VerificationError"]
+__all__: List[str] = ["add_link_args", "connect", "connect_link", "download_file", "get_manifest", "pull",
+                      "submit_job", "wait_job", "VerificationError"]

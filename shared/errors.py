@@ -11,3 +11,13 @@ class DataError(CosmoError, ValueError):
 
 class ConfigError(CosmoError, ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing a client's value in an error or log
+    line: a 100 kB name must not push a status text past gRPC's metadata limit, and the repr escapes
+    newlines, so a value cannot forge a log line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return "{}...[{} chars]".format(text[:limit], len(text))

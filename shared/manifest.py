@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .data.dataset import ModalitySpec, MultimodalDataset
 from .data.splits import Normalizer
-from .errors import DataError
+from .errors import DataError, clip
 
 MANIFEST = "manifest.json"
 MIN_RUNTIMES = {"onnx_opset": 13, "torch": "1.10", "python": "3.6"}
@@ -84,6 +84,21 @@ def new_manifest(name: str, schema: Dict[str, Any], classes: Sequence[str], feat
     ])
 
 
+def check_file_path(path: Any, field: str = "path") -> str:
+    """A file's name inside a model version, as the manifest lists it: relative, '/'-separated, no '.',
+    '..' or empty components, no backslash, drive letter or NUL, at most 1024 characters. Raises
+    ``DataError`` naming ``field``: every path from a manifest is checked before anything is opened, so a
+    rogue server cannot make a client write or read outside its folder."""
+    if not isinstance(path, str) or not path or len(path) > 1024:
+        raise DataError("{}: file path {} must be a non-empty string of at most 1024 characters".format(
+            field, clip(path)))
+    if path.startswith("/") or "\\" in path or "\x00" in path or (len(path) > 1 and path[1] == ":"):
+        raise DataError("{}: file path {} must be relative and '/'-separated".format(field, clip(path)))
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise DataError("{}: file path {} must not contain '..', '.' or empty components".format(field, clip(path)))
+    return path
+
+
 def read_manifest(path: str) -> Dict[str, Any]:
     p = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
     if not os.path.isfile(p):
@@ -104,7 +119,7 @@ def read_manifest(path: str) -> Dict[str, Any]:
 def verify_files(manifest: Dict[str, Any], root: str) -> None:
     """Check every listed file's size and sha256; raise ``DataError`` naming the first bad file."""
     for f in manifest["files"]:
-        p = os.path.join(root, f["path"])
+        p = os.path.join(root, check_file_path(f.get("path"), "files"))
         if not os.path.isfile(p):
             raise DataError("{}: listed in the manifest but missing".format(p))
         if os.path.getsize(p) != f["size"] or sha256_file(p) != f["sha256"]:

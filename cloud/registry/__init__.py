@@ -90,20 +90,29 @@ class Registry(Database, BlobStore, Versions, Events, Reports, Jobs):
     def __repr__(self) -> str:
         return "Registry({!r})".format(str(self.data_dir))
 
-    def prune(self) -> dict[str, Any]:
-        """Apply ``self.retention`` to the tables clients can grow: finished jobs past the count or age,
-        reports and events past their count or age. Returns ``{"jobs": [pruned job ids], "reports": n,
-        "events": n}`` (the daemon also removes the pruned jobs' folders)."""
+    def prune_jobs(self) -> list[str]:
+        """Remove finished jobs past ``Retention.jobs_keep`` or ``jobs_max_age_s`` (active ones never);
+        returns their ids (the caller removes their folders). Cheap when nothing is over: SubmitJob calls
+        it after every insert, so the table stays bounded however fast jobs are submitted and cancelled."""
         r = self.retention
+        done = tuple(sorted(TERMINAL_STATES))
+        marks = ", ".join("?" * len(done))
         with self._tx() as c:
-            done = tuple(sorted(TERMINAL_STATES))
-            marks = ", ".join("?" * len(done))
             old = c.execute(
                 "SELECT id FROM jobs WHERE state IN ({0}) AND (updated_at < ? OR id NOT IN (SELECT id FROM jobs "
                 "WHERE state IN ({0}) ORDER BY updated_at DESC, rowid DESC LIMIT ?))".format(marks),
                 done + (_utc_ago(r.jobs_max_age_s),) + done + (r.jobs_keep,))
             job_ids = [row[0] for row in old]
             c.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in job_ids])
+        return job_ids
+
+    def prune(self) -> dict[str, Any]:
+        """Apply ``self.retention`` to the tables clients can grow: finished jobs past the count or age,
+        reports and events past their count or age. Returns ``{"jobs": [pruned job ids], "reports": n,
+        "events": n}`` (the daemon also removes the pruned jobs' folders)."""
+        r = self.retention
+        job_ids = self.prune_jobs()
+        with self._tx() as c:
             top = c.execute("SELECT COALESCE(MAX(id), 0) FROM reports").fetchone()[0]
             reports = c.execute("DELETE FROM reports WHERE created_at < ? OR id <= ?",
                                 (_utc_ago(r.reports_max_age_s), top - r.reports_keep)).rowcount

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .errors import Conflict, InvalidArgument, NotFound
+from .limits import MAX_CONFIG_BYTES, MAX_DATASET_CHARS
 from .validation import _check_name, _check_text, _check_version, _dumps, _plain_json, _utc_now
 
 log = logging.getLogger("cloud.registry")
@@ -48,9 +49,10 @@ class Jobs:
         return self._job_dict(row)
 
     def _log_job(self, c: sqlite3.Connection, job_id: str) -> dict[str, Any]:
-        """The job as it is now; its JOB_UPDATED event is logged in the same transaction."""
+        """The job as it is now; its JOB_UPDATED event is logged in the same transaction (without the
+        config, which never changes: the event log stays small whatever configs clients send)."""
         job = self._job(c, job_id)
-        self._append_event(c, "jobs", job_id, {"kind": "JOB_UPDATED", "job": job})
+        self._append_event(c, "jobs", job_id, {"kind": "JOB_UPDATED", "job": dict(job, config_json=None)})
         return job
 
     def create_job(self, kind: str, dataset: str, config_json: str | Mapping[str, Any] = "{}") -> dict[str, Any]:
@@ -59,10 +61,10 @@ class Jobs:
         ``config_json`` is a JSON object as text (or a mapping, serialized here); the job runner
         validates its keys and the kind (``pretrain``, ``quality``, ...)."""
         _check_text(kind, "kind", max_len=64)
-        _check_text(dataset, "dataset", max_len=4096)
+        _check_text(dataset, "dataset", max_len=MAX_DATASET_CHARS)
         if isinstance(config_json, Mapping):
             config_json = _dumps(_plain_json(config_json, "config_json"))
-        _check_text(config_json, "config_json", max_len=1 << 20)
+        _check_text(config_json, "config_json", max_len=MAX_CONFIG_BYTES)
         try:
             parsed = json.loads(config_json)
         except ValueError as e:

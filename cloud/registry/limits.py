@@ -19,6 +19,9 @@ EVENT_POLL_S = 0.25  # seconds between looks for events committed by other proce
 TMP_MAX_AGE_S = 3600.0  # gc removes ingest temp files of live processes older than this
 MAX_STAGES = 64  # stage rows per metric report
 MAX_METRICS = 1024  # metrics per report
+MAX_CONFIG_BYTES = 64 << 10  # a job's config_json (SubmitJob)
+MAX_CONFIG_DEPTH = 32  # nesting levels of a job's config_json
+MAX_DATASET_CHARS = 1024  # a job's dataset name or path
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from shared.errors import clip
+
 from .errors import InvalidArgument, NotFound
 from .limits import MAX_METRICS, MAX_STAGES, Retention
 from .validation import _check_name, _check_text, _check_version, _dumps, _plain_json, _utc_now
@@ -91,14 +93,14 @@ def check_report(edge_id: str, name: str, version: int, stages: Sequence[Mapping
         raise InvalidArgument("metrics", "must be a dict str -> float of at most {} items".format(MAX_METRICS))
     metrics_doc = {}
     for k, v in metrics.items():
-        field = "metrics[{!r}]".format(k)
+        field = "metrics[{}]".format(clip(k))
         _check_text(k, field, max_len=256)
         try:  # float() also takes numpy scalars; strings and bools are refused first
             if isinstance(v, (bool, str, bytes)):
                 raise TypeError
             value = float(v)
         except (TypeError, ValueError):
-            raise InvalidArgument(field, "{!r} is not a number".format(v)) from None
+            raise InvalidArgument(field, "{} is not a number".format(clip(v))) from None
         if not math.isfinite(value):
             raise InvalidArgument(field, "{!r} is not a finite number".format(v))
         metrics_doc[k] = value

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.manifest import sha256_file
+from shared.errors import DataError, clip
+from shared.manifest import check_file_path, sha256_file
 
 from .errors import InvalidArgument
 from .limits import ALIAS_RE, NAME_RE
@@ -22,39 +22,36 @@ def _utc_now() -> str:
 
 def _check_name(name: Any, field: str = "name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(field, "model name {!r} must match {}".format(name, NAME_RE.pattern))
+        raise InvalidArgument(field, "model name {} must match {}".format(clip(name), NAME_RE.pattern))
     return name
 
 
 def _check_alias(alias: Any, field: str = "alias") -> str:
     # All-digit aliases are refused so that "3" is never ambiguous between a version and an alias.
     if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias.isdigit():
-        raise InvalidArgument(field, "alias {!r} must match {} and not be all digits".format(alias, ALIAS_RE.pattern))
+        raise InvalidArgument(field, "alias {} must match {} and not be all digits".format(clip(alias), ALIAS_RE.pattern))
     return alias
 
 
 def _check_version(version: Any, field: str = "version") -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidArgument(field, "version {!r} must be an int >= 1".format(version))
+        raise InvalidArgument(field, "version {} must be an int >= 1".format(clip(version)))
     return version
 
 
 def _check_text(value: Any, field: str, max_len: int = 1024, empty: bool = False) -> str:
     if not isinstance(value, str) or (not empty and not value) or len(value) > max_len:
-        raise InvalidArgument(field, "{!r} must be a {}string of at most {} characters".format(
-            value, "" if empty else "non-empty ", max_len))
+        raise InvalidArgument(field, "{} must be a {}string of at most {} characters".format(
+            clip(value), "" if empty else "non-empty ", max_len))
     return value
 
 
 def _check_rel_path(path: Any, field: str) -> str:
-    """A file's name inside a version: relative, '/'-separated, no '.', '..' or empty components."""
-    if not isinstance(path, str) or not path or len(path) > 1024:
-        raise InvalidArgument(field, "file path {!r} must be a non-empty string".format(path))
-    if path.startswith("/") or "\\" in path or "\x00" in path or re.match(r"[A-Za-z]:", path):
-        raise InvalidArgument(field, "file path {!r} must be relative, '/'-separated".format(path))
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise InvalidArgument(field, "file path {!r} must not contain '..', '.' or empty components".format(path))
-    return path
+    """A file's name inside a version (``shared.manifest.check_file_path``), as ``InvalidArgument``."""
+    try:
+        return check_file_path(path, field)
+    except DataError as e:
+        raise InvalidArgument(field, str(e).split(": ", 1)[1]) from None
 
 
 def _plain_json(value: Any, field: str) -> Any:
@@ -75,7 +72,7 @@ def _plain_json(value: Any, field: str) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise InvalidArgument(field, "key {!r} is not a string".format(k))
+                raise InvalidArgument(field, "key {} is not a string".format(clip(k)))
             out[k] = _plain_json(v, "{}.{}".format(field, k))
         return out
     if isinstance(value, (list, tuple)):

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..losses.distillation import CombinedAlignmentLoss, build_distillation_loss
+from ..losses.distillation import DISTILLATION_LOSSES, CombinedAlignmentLoss, build_distillation_loss
 from ..losses.triplet import TripletLoss
-from ..models.encoders import build_encoder
+from ..models.encoders import build_encoder, encoder_config
 from ..retrieval import retrieval_metrics
 from .common import augment, iterate_batches, pick_device, seed_everything
 
@@ -73,6 +73,15 @@ class AlignConfig:
         if self.objective not in OBJECTIVES:
             raise ConfigError("align: field 'objective' must be one of {}, got {!r}".format(
                 ", ".join(OBJECTIVES), self.objective))
+        if self.kd and self.kd not in DISTILLATION_LOSSES:
+            raise ConfigError("align: field 'kd' must be empty or one of {}, got {!r}".format(
+                ", ".join(sorted(DISTILLATION_LOSSES)), self.kd))
+        try:  # the encoder and its config keys (window and channels come from the data when not given)
+            encoder_config(self.encoder, **dict({"window": 1, "in_channels": 1}, **self.encoder_config))
+        except ConfigError as e:
+            raise ConfigError("align: fields 'encoder' / 'encoder_config': {}".format(e)) from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError("align: field 'encoder_config': {}".format(e)) from None
 
 
 def _different_text_negatives(text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,7 @@ import yaml
 from dataclasses import asdict, fields, is_dataclass
 
 from ..data.dataset import MultimodalDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,7 +31,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device {!r} requested but CUDA is not available (torch {})".format(name, torch.__version__))
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device {}: expected auto, cpu, cuda or cuda:N".format(clip(name))) from None
 
 
 def to_tensors(ds: MultimodalDataset, idx: Optional[np.ndarray] = None,
@@ -116,7 +119,7 @@ def config_from_dict(cls: Type[T], d: Optional[Dict[str, Any]], where: str = "co
                 if not isinstance(v, dict):
                     raise TypeError("expected an object")
         except TypeError as e:
-            raise ConfigError("{}: field {!r}: {}, got {!r}".format(where, k, e, v)) from e
+            raise ConfigError("{}: field {!r}: {}, got {}".format(where, k, e, clip(v))) from e
         out[k] = v
     cfg = cls(**out)
     check = getattr(cfg, "check", None)

@@ -250,8 +250,13 @@ def test_token_health_and_reflection(tmp_path):
         assert h.Check(health_pb2.HealthCheckRequest(service="cosmo.v1.ModelRegistry")).status == \
             health_pb2.HealthCheckResponse.SERVING
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-        r = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(target))
-        resp = next(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+        anon = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(target))
+        with pytest.raises(grpc.RpcError) as e:  # reflection tells what the daemon serves: behind the token
+            next(anon.ServerReflectionInfo(iter(ask)))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        r = reflection_pb2_grpc.ServerReflectionStub(ok)
+        resp = next(r.ServerReflectionInfo(iter(ask)))
         names = {s.name for s in resp.list_services_response.service}
         assert {"cosmo.v1.ModelRegistry", "cosmo.v1.Training"} <= names
         # shutdown: health turns NOT_SERVING before the server stops taking RPCs
@@ -277,7 +282,7 @@ def _self_signed(tmp_path, name):
 
 
 def test_tls_and_mutual_tls(tmp_path):
-    from cloud.server import credentials
+    from shared.rpc.auth import server_credentials as credentials
     cert, key = _self_signed(tmp_path, "server")
     srv = CloudServer(str(tmp_path / "d"), "127.0.0.1:0", tls=credentials(cert, key, None))
     target = "localhost:{}".format(srv.start())
