@@ -83,10 +83,10 @@ def _channel(a: argparse.Namespace) -> Any:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .admission import ServerLimits
-    from shared.rpc.auth import read_token, server_credentials
+    from shared.rpc.auth import check_exposure, read_token, server_credentials
 
     from .registry import InvalidArgument, Retention
-    from .server import check_exposure, check_listen, serve
+    from .server import check_listen, serve
     check_listen(a.listen)
     token, tls = read_token(a.token_file), server_credentials(a.tls_cert, a.tls_key, a.tls_ca)
     check_exposure(a.listen, token, tls, a.insecure)

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.errors import CosmoError
 from shared.rpc import add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server, enable_reflection
-from shared.rpc.auth import TokenAuth, is_loopback
+from shared.rpc.auth import TokenAuth
 
 from .admission import Admission, ServerLimits
 from .jobs import JobRunner, job_dir
@@ -46,13 +46,6 @@ def check_listen(listen: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise CosmoError("--listen {!r}: expected host:port with a port in 0..65535 (or unix:/path)".format(listen))
     return listen
-
-
-def check_exposure(listen: str, token: str | None, tls: Any, insecure: bool) -> None:
-    """A listener other hosts can reach needs a token or TLS, unless the operator says ``--insecure``."""
-    if not (token or tls or insecure or is_loopback(listen)):
-        raise CosmoError("--listen {}: reachable from other hosts without --token-file or --tls-cert/--tls-key; "
-                         "add credentials (docs/security.md) or --insecure on a trusted network".format(listen))
 
 
 def raise_fd_limit() -> int:
@@ -223,4 +216,4 @@ def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.Server
     return 0
 
 
-__all__ = ["CloudServer", "SERVICES", "ServerLimits", "check_exposure", "check_listen", "serve"]
+__all__ = ["CloudServer", "SERVICES", "ServerLimits", "check_listen", "serve"]

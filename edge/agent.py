@@ -11,8 +11,10 @@ State folder (``--state-dir S``)::
     S/index.sqlite                the search index of recent windows (edge.index; --index-capacity)
 
 A version is only swapped in after its fine-tuned ONNX model loaded and reproduced the torch model's
-validation accuracy; until then the previous version keeps serving, and it stays on disk for
-``edge-agent rollback``. A restarted agent serves what ``state.json`` names at once, resumes a half
+validation accuracy; the runtime that passed is the one that serves (loaded once: on a TX2 the TensorRT
+engine is built once, and cached on disk for restarts). Until then the previous version keeps serving,
+and it stays on disk for ``edge-agent rollback``. Serving (``load_serving``, ``rollback``, the aligned
+model) imports no torch; stage 2 imports it when a fine-tune runs. A restarted agent serves what ``state.json`` names at once, resumes a half
 download, and never redoes a finished fine-tune.
 
 With ``aligned_model`` (``--aligned-model NAME``) the agent also follows that aligned (IMU <-> text) model:
@@ -34,16 +36,13 @@ import grpc
 from shared.client import pull
 from shared.energy import EnergyMonitor, Meter, detect
 from shared.errors import CosmoError
+from shared.files import write_json
 from shared.rpc import ModelRegistryStub, pb
-from shared.training.common import write_json
-from shared.training.stage2 import Stage2Config
 
 from .aligned import AlignedRuntime
-from .export import export_finetuned
-from .finetune import load_split, run_finetune
+from .holders import AlignedHolder, ModelHolder
 from .index import DEFAULT_CAPACITY, WindowIndex
-from .runtime import Runtime
-from .service import AlignedHolder, ModelHolder
+from .runtime import Runtime, SessionSettings
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -70,12 +69,17 @@ class Agent(object):
     ``labeled``/``val`` (and optionally ``test``) windows in the project's ``.npz`` form."""
 
     def __init__(self, state_dir: str, labels_dir: str, channel: Optional[grpc.Channel] = None,
-                 model_name: str = "cosmo-encoders", config: Optional[Stage2Config] = None,
+                 model_name: str = "cosmo-encoders", config: Optional[Any] = None,
                  edge_id: str = "", require_gpu: bool = False, watts: float = 5.0, aligned_model: str = "",
-                 index_capacity: int = DEFAULT_CAPACITY) -> None:
-        self.state_dir, self.labels_dir, self.channel = state_dir, labels_dir, channel
+                 index_capacity: int = DEFAULT_CAPACITY, settings: Optional[SessionSettings] = None) -> None:
+        # absolute: state.json records paths, and `serve` may start from another directory
+        self.state_dir = os.path.abspath(state_dir)
+        self.labels_dir, self.channel = os.path.abspath(labels_dir) if labels_dir else "", channel
         self.model_name = model_name
-        self.config = config or Stage2Config()
+        # a Stage2Config, or a function that builds one (the CLI's: training imports wait for a fine-tune);
+        # None: the defaults
+        self.config = config
+        self.settings = settings or SessionSettings(engine_cache=os.path.join(self.state_dir, "engine_cache"))
         self.edge_id = edge_id or os.uname()[1]
         self.require_gpu = require_gpu
         self.meter = detect(watts=watts)  # the best meter present; else CPU seconds x watts, "estimate"
@@ -84,7 +88,7 @@ class Agent(object):
         self.index_capacity = int(index_capacity)
         self._aligned = None  # type: Optional[AlignedHolder]
         self._lock = threading.Lock()
-        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(self.state_dir, exist_ok=True)
 
     @property
     def aligned(self) -> AlignedHolder:
@@ -135,19 +139,24 @@ class Agent(object):
         return {"folder": folder, "manifest": man, "stage": dict(st, result=None)}
 
     def finetune(self, model_dir: str) -> Dict[str, Any]:
-        """Stage 2 + ONNX export + verification into ``finetuned/<name>/v<N>`` (skipped when done)."""
+        """Stage 2 + ONNX export + verification into ``finetuned/<name>/v<N>`` (skipped when done). Returns
+        ``{"folder", "metrics", "stages", "runtime"}``: the verified runtime, to be served as it is."""
+        from shared.training.stage2 import Stage2Config
+
+        from .export import export_finetuned
+        from .finetune import run_finetune
         with open(os.path.join(model_dir, "manifest.json")) as f:
             man = json.load(f)
         final = self.finetuned_dir(man["name"], man["version"])
         if os.path.isfile(os.path.join(final, "metrics.json")) and os.path.isfile(os.path.join(final, "model.onnx")):
             log.info("%s v%s already fine-tuned; not redone", man["name"], man["version"])
             with open(os.path.join(final, "metrics.json")) as f:
-                return {"folder": final, "metrics": json.load(f), "stages": []}
+                return {"folder": final, "metrics": json.load(f), "stages": [], "runtime": None}
         partial = os.path.join(os.path.dirname(final), ".v{}.partial".format(man["version"]))
         if os.path.isdir(partial):
             shutil.rmtree(partial)  # an interrupted fine-tune restarts from the shipped encoders
-        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, self.config, progress=False),
-                    self.meter)
+        config = self.config() if callable(self.config) else (self.config or Stage2Config())
+        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, config, progress=False), self.meter)
         metrics = ft["result"]
         ex = _stage(lambda: export_finetuned(metrics["model"], man, partial), self.meter)
         for name in ("encoders.pt",):
@@ -156,18 +165,23 @@ class Agent(object):
                        finetune={"val": metrics["val"], "test": metrics.get("test"), "edge_id": self.edge_id})
         write_json(os.path.join(partial, "manifest.json"), man_out)
         vr = _stage(lambda: self._verify(partial, metrics["val"]["accuracy"]), self.meter)
+        rt, onnx_acc = vr["result"]
         summary = {"val": metrics["val"], "test": metrics.get("test"), "best_epoch": metrics["best_epoch"],
-                   "onnx_val_accuracy": vr["result"], "labeled_windows": metrics["labeled_windows"]}
+                   "onnx_val_accuracy": onnx_acc, "labeled_windows": metrics["labeled_windows"]}
         write_json(os.path.join(partial, "metrics.json"), summary)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(partial, final)
+        rt.model_dir = final  # the session holds the model in memory; its folder moved
         stages = [("finetune", ft), ("export", ex), ("verify", vr)]
-        return {"folder": final, "metrics": summary, "stages": [dict(s, stage=n, result=None) for n, s in stages]}
+        return {"folder": final, "metrics": summary, "stages": [dict(s, stage=n, result=None) for n, s in stages],
+                "runtime": rt}
 
-    def _verify(self, folder: str, torch_val_accuracy: float) -> float:
-        """Load the exported model the way serving will, and check it on the validation windows."""
-        rt = Runtime.load(folder, require_gpu=self.require_gpu)
+    def _verify(self, folder: str, torch_val_accuracy: float) -> Any:
+        """Load the exported model the way serving will, and check it on the validation windows; returns
+        ``(runtime, accuracy)``: the runtime that passed is the one swapped in."""
+        from .finetune import load_split
+        rt = self._load(folder)
         val = load_split(self.labels_dir, "val")
         assert val is not None
         out = rt.predict(dict(val.x))
@@ -175,15 +189,19 @@ class Agent(object):
         if abs(acc - torch_val_accuracy) > 0.01:
             raise CosmoError("{}: ONNX model gives validation accuracy {:.4f}, torch gave {:.4f}; not swapped in"
                              .format(folder, acc, torch_val_accuracy))
-        return acc
+        return rt, acc
 
-    def swap_to(self, folder: str) -> Runtime:
-        """Load ``folder`` and make it the serving model; the previous one goes into the history."""
-        rt = Runtime.load(folder, require_gpu=self.require_gpu)
+    def _load(self, folder: str) -> Runtime:
+        return Runtime.load(folder, require_gpu=self.require_gpu, settings=self.settings)
+
+    def swap_to(self, folder: str, rt: Optional[Runtime] = None) -> Runtime:
+        """Make ``folder`` the serving model (``rt``: its runtime, already loaded; else it is loaded now);
+        the previous one goes into the history."""
+        rt = rt or self._load(folder)
         with self._lock:
             self.holder.swap(rt)
             st = self.state()
-            cur = {"name": rt.name, "version": int(rt.version), "path": folder}
+            cur = {"name": rt.name, "version": int(rt.version), "path": os.path.abspath(folder)}
             if st.get("serving") and st["serving"] != cur:
                 st["history"] = (st.get("history") or []) + [st["serving"]]
             st["serving"] = cur
@@ -200,7 +218,7 @@ class Agent(object):
         cur = self.holder.get()
         if cur is not None and int(cur.version) == int(s["version"]) and cur.name == s["name"]:
             return cur
-        rt = Runtime.load(s["path"], require_gpu=self.require_gpu)
+        rt = self._load(s["path"])
         self.holder.swap(rt)
         log.info("serving %s v%s on %s (from %s)", rt.name, rt.version, rt.provider, STATE)
         return rt
@@ -228,7 +246,7 @@ class Agent(object):
         """pull -> finetune -> export -> verify -> swap -> report, for ``version`` (default: latest)."""
         p = self.pull(version)
         f = self.finetune(p["folder"])
-        self.swap_to(f["folder"])
+        self.swap_to(f["folder"], f["runtime"])
         self.report(p["manifest"], [dict(p["stage"], stage="download")] + f["stages"], f["metrics"])
         return {"version": int(p["manifest"]["version"]), "metrics": f["metrics"]}
 

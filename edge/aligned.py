@@ -28,7 +28,7 @@ import numpy as np
 from shared.errors import CosmoError, DataError
 from shared.manifest import read_manifest, schema_normalizer, verify_files
 
-from .runtime import InputError, Runtime, _import_onnxruntime, open_session
+from .runtime import InputError, Runtime, _import_onnxruntime, normalize, open_session
 
 log = logging.getLogger(__name__)
 KIND = "aligned"
@@ -160,8 +160,7 @@ class AlignedRuntime(object):
         """Raw windows ``{modality: [N, T, C]}`` (every modality, raw sensor units) -> ``[N, D]`` float32,
         unit norm. Raises ``InputError`` naming the modality and its expected shape."""
         self.validate(windows, rates)
-        xs = [((windows[m].astype(np.float32) - self._mean[j]) / self._std[j]).astype(np.float32)
-              for j, m in enumerate(self.modalities)]
+        xs = [normalize(m, windows[m], self._mean[j], self._std[j]) for j, m in enumerate(self.modalities)]
         return self._run(np.concatenate(xs, axis=2))
 
     def zero_shot(self, emb: np.ndarray) -> List[str]:

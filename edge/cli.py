@@ -19,18 +19,21 @@ Subcommands:
 import argparse
 import logging
 import os
-import time
 import sys
+import time
 from typing import Any, List, Optional
 
 from shared.errors import CosmoError
-from shared.training.common import load_config
-from shared.training.stage2 import Stage2Config
 
-from .finetune import run_finetune, summarize
+# Serving commands (serve, predict, search, info, rollback, the serving half of run) import no torch:
+# training modules are imported inside the commands and agent steps that fine-tune.
 
 
 def cmd_finetune(a: argparse.Namespace) -> int:
+    from shared.training.common import load_config
+    from shared.training.stage2 import Stage2Config
+
+    from .finetune import run_finetune, summarize
     overrides = {"epochs": a.epochs, "t_iter": a.t_iter, "encoder_lr": a.encoder_lr,
                  "classifier_lr": a.classifier_lr, "seed": a.seed, "fusion": a.fusion, "lam": a.lam,
                  "schedule": a.schedule, "device": a.device}
@@ -77,53 +80,74 @@ def cmd_labels(a: argparse.Namespace) -> int:
 
 
 def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
-    from shared.client import connect
+    from shared.client import connect_link
 
     from .agent import Agent
-    cfg = load_config(Stage2Config, getattr(a, "config", None), {"seed": getattr(a, "seed", None),
-                                                                 "epochs": getattr(a, "epochs", None)})
-    ch = connect(a.cloud, token=_token(a.token_file)) if channel and getattr(a, "cloud", None) else None
-    return Agent(a.state_dir, getattr(a, "labels", None) or "", channel=ch, model_name=a.name, config=cfg,
+    from .runtime import SessionSettings
+
+    def config() -> Any:  # built when a fine-tune runs (training imports torch)
+        from shared.training.common import load_config
+        from shared.training.stage2 import Stage2Config
+        return load_config(Stage2Config, getattr(a, "config", None), {"seed": getattr(a, "seed", None),
+                                                                       "epochs": getattr(a, "epochs", None)})
+    if getattr(a, "config", None) and not os.path.isfile(a.config):
+        raise CosmoError("--config {}: file not found".format(a.config))
+    ch = connect_link(a, a.cloud) if channel and getattr(a, "cloud", None) else None
+    state_dir = os.path.abspath(a.state_dir)
+    settings = SessionSettings(intra_op_threads=getattr(a, "ort_threads", 0) or 0,
+                               graph_optimization=getattr(a, "graph_optimization", None) or "all",
+                               engine_cache=None if getattr(a, "no_engine_cache", False)
+                               else os.path.join(state_dir, "engine_cache"))
+    return Agent(state_dir, getattr(a, "labels", None) or "", channel=ch, model_name=a.name, config=config,
                  edge_id=getattr(a, "edge_id", "") or "", require_gpu=getattr(a, "require_gpu", False),
                  watts=getattr(a, "watts", None) or 5.0, aligned_model=getattr(a, "aligned_model", "") or "",
-                 index_capacity=getattr(a, "index_capacity", None) or 10000)
+                 index_capacity=getattr(a, "index_capacity", None) or 10000, settings=settings)
 
 
-def _token(path: Optional[str]) -> Optional[str]:
-    if not path:
-        return None
-    with open(path) as f:
-        return f.read().strip() or None
-
-
-def _serve_until_signal(agent: Any, listen: str, max_batch: int, loop: Optional[Any] = None,
-                        ready_file: Optional[str] = None) -> int:
+def _serve_until_signal(agent: Any, a: argparse.Namespace, loop: Optional[Any] = None) -> int:
     import signal
     import threading
 
-    from .service import serve_inference
+    from shared.rpc.auth import check_exposure, read_token, server_credentials
+
+    from .service import EdgeLimits, EdgeServer
+    token = read_token(a.listen_token_file, "--listen-token-file")
+    tls = server_credentials(a.listen_tls_cert, a.listen_tls_key, a.listen_tls_ca, flag="--listen-tls")
+    check_exposure(a.listen, token, tls, a.insecure, token_flag="--listen-token-file", tls_flag="--listen-tls-cert")
+    limits = EdgeLimits(**{f: getattr(a, f) for f in _LIMIT_FLAGS})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server, port = serve_inference(agent.holder, listen, max_batch=max_batch, aligned=agent.aligned)
-    print("Inference service on {} (port {})".format(listen, port), flush=True)
-    if ready_file:
-        with open(ready_file + ".tmp", "w") as f:
+    server = EdgeServer(agent.holder, a.listen, limits=limits, aligned=agent.aligned, token=token, tls=tls)
+    port = server.start()
+    print("Inference service on {} (port {})".format(a.listen, port), flush=True)
+    if a.ready_file:
+        with open(a.ready_file + ".tmp", "w") as f:
             f.write(str(port))
-        os.replace(ready_file + ".tmp", ready_file)
+        os.replace(a.ready_file + ".tmp", a.ready_file)
     try:
         if loop is not None:
             loop(stop)
         else:
             agent._watch_state(stop, 1.0)
     finally:
-        server.stop(5).wait(6)
+        server.stop(5)
     return 0
+
+
+_LIMIT_FLAGS = {
+    "max_batch": "windows per Predict/Embed request",
+    "max_inflight": "Predict/Embed/Search/Info calls at once; more get RESOURCE_EXHAUSTED",
+    "max_streams": "StreamPredict streams open at once; more get RESOURCE_EXHAUSTED",
+    "stream_idle_s": "end a stream idle (nothing sent or read) for this many seconds",
+    "max_message_bytes": "largest request accepted, in bytes",
+    "workers": "threads that run the model",
+}
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     agent = _agent(a)
-    return _serve_until_signal(agent, a.listen, a.max_batch, loop=agent.run, ready_file=a.ready_file)
+    return _serve_until_signal(agent, a, loop=agent.run)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -141,7 +165,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         except (CosmoError, OSError) as e:
             print("edge-agent: the installed aligned model cannot be loaded ({}); Search is off".format(e),
                   file=sys.stderr)
-    return _serve_until_signal(agent, a.listen, a.max_batch, ready_file=a.ready_file)
+    return _serve_until_signal(agent, a)
 
 
 def cmd_pull(a: argparse.Namespace) -> int:
@@ -183,9 +207,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import grpc
     import numpy as np
 
+    from shared.client import connect_link
     from shared.data.dataset import MultimodalDataset
     from shared.rpc import InferenceStub, pb
-    stub = InferenceStub(grpc.insecure_channel(a.server))
+
+    from .wire import encode_windows
+    stub = InferenceStub(connect_link(a, a.server))
     deadline = time.time() + a.wait
     while True:
         try:
@@ -202,11 +229,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     correct, t0, preds = 0, time.time(), []
     for start in range(0, len(idx), a.batch):
         b = idx[start:start + a.batch]
-        req = pb.PredictRequest()
-        for m, x in ds.x.items():
-            if m not in drop:
-                req.windows.add(modality=m, shape=list(x[b].shape), data=x[b].ravel().tolist(),
-                                rate_hz=ds.specs[m].rate_hz)
+        req = encode_windows({m: x[b] for m, x in ds.x.items() if m not in drop},
+                             {m: ds.specs[m].rate_hz for m in ds.x})
         resp = stub.Predict(req, timeout=30)
         for i, p in zip(b, resp.predictions):
             correct += int(p.label == ds.labels[i])
@@ -227,8 +251,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     """A client of the Search RPC: the indexed windows most similar to a text."""
     import grpc
 
+    from shared.client import connect_link
     from shared.rpc import InferenceStub, pb
-    channel = grpc.insecure_channel(a.server)
+    channel = connect_link(a, a.server)
     try:
         resp = InferenceStub(channel).Search(pb.SearchRequest(text=a.text, k=a.k), timeout=a.timeout)
     except grpc.RpcError as e:
@@ -246,6 +271,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared.client import add_link_args
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
@@ -275,14 +301,39 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     def cloud(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--cloud", required=True, help="host:port of cloud-server serve")
-        sp.add_argument("--token-file")
+        add_link_args(sp, "--cloud", None, "cloud-server serve")
         return sp
-    r = cloud(common(sub.add_parser("run", help="the daemon: follow the registry, fine-tune, serve")))
+
+    def listener(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """The Inference service's address, credentials, limits and ONNX Runtime settings."""
+        sp.add_argument("--listen", default="127.0.0.1:50061",
+                        help="Inference service address: host:port or unix:/path (created owner/group-only)")
+        sp.add_argument("--ready-file", help="write the Inference service's port here once serving")
+        sp.add_argument("--listen-token-file", help="require the bearer token in this file on every call but health")
+        sp.add_argument("--listen-tls-cert", help="serve TLS with this certificate (and --listen-tls-key)")
+        sp.add_argument("--listen-tls-key")
+        sp.add_argument("--listen-tls-ca", help="with cert + key: require client certificates signed by this CA")
+        sp.add_argument("--insecure", action="store_true",
+                        help="allow a --listen address other hosts can reach without a token or TLS")
+        from .service import EdgeLimits
+        defaults = EdgeLimits()
+        for f, text in _LIMIT_FLAGS.items():
+            value = getattr(defaults, f)
+            sp.add_argument("--" + f.replace("_", "-"), type=type(value), default=value,
+                            help="{} (default {})".format(text, value))
+        sp.add_argument("--ort-threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads per inference (0: one per core)")
+        sp.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
+                        help="ONNX Runtime graph optimization level (default all)")
+        sp.add_argument("--no-engine-cache", action="store_true",
+                        help="do not cache TensorRT engines in STATE_DIR/engine_cache (rebuilt on every start)")
+        return sp
+
+    def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        add_link_args(sp, "--server", "127.0.0.1:50061", "the Inference service (edge-agent serve/run)")
+        return sp
+    r = listener(cloud(common(sub.add_parser("run", help="the daemon: follow the registry, fine-tune, serve"))))
     r.add_argument("--labels", required=True, help="folder with labeled.npz and val.npz (test.npz optional)")
-    r.add_argument("--listen", default="127.0.0.1:50061", help="Inference service address (or unix:/path)")
-    r.add_argument("--max-batch", type=int, default=256)
-    r.add_argument("--ready-file", help="write the Inference service's port here once serving")
     r.add_argument("--config", help="YAML file of Stage2Config keys")
     r.add_argument("--epochs", type=int)
     r.add_argument("--seed", type=int)
@@ -298,10 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = cloud(common(sub.add_parser("pull", help="download a version into the state folder")))
     pl.add_argument("--version", type=int, help="default: the latest")
     pl.set_defaults(func=cmd_pull)
-    sv = common(sub.add_parser("serve", help="serve the installed model"))
-    sv.add_argument("--listen", default="127.0.0.1:50061")
-    sv.add_argument("--max-batch", type=int, default=256)
-    sv.add_argument("--ready-file", help="write the Inference service's port here once serving")
+    sv = listener(common(sub.add_parser("serve", help="serve the installed model")))
     sv.add_argument("--require-gpu", action="store_true")
     sv.add_argument("--aligned-dir", help="an aligned model folder (manifest kind 'aligned') to install for Search")
     sv.add_argument("--index-capacity", type=int, default=10000,
@@ -315,8 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="the pulled version the model was fine-tuned from")
     ex.add_argument("--finetuned", required=True, help="the `finetune --out` folder (gets model.onnx)")
     ex.set_defaults(func=cmd_export)
-    pr = sub.add_parser("predict", help="client: send saved windows to the Inference service, print accuracy")
-    pr.add_argument("--server", default="127.0.0.1:50061")
+    pr = client(sub.add_parser("predict", help="client: send saved windows to the Inference service, print accuracy"))
     pr.add_argument("--windows", required=True, help="a saved dataset (.npz), e.g. LABELS/test.npz")
     pr.add_argument("--n", type=int, default=200, help="windows to send (random, seeded)")
     pr.add_argument("--batch", type=int, default=64)
@@ -325,9 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--drop", nargs="*", help="leave these modalities out (sensor off)")
     pr.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a model to be served")
     pr.set_defaults(func=cmd_predict)
-    se = sub.add_parser("search", help="client: windows most similar to a text, from the Search RPC")
-    se.add_argument("--server", "--listen", dest="server", default="127.0.0.1:50061",
-                    help="the Inference service (host:port or unix:/path)")
+    se = client(sub.add_parser("search", help="client: windows most similar to a text, from the Search RPC"))
     se.add_argument("--text", required=True, help='what to look for, e.g. "walking upstairs"')
     se.add_argument("-k", type=int, default=5, help="hits to print")
     se.add_argument("--timeout", type=float, default=30.0)
@@ -352,11 +397,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(a, "func", None):
         p.print_help()
         return 2
+    import grpc
     try:
         return int(a.func(a))
     except CosmoError as e:
         print("edge-agent: error: {}".format(e), file=sys.stderr)
         return 2
+    except grpc.RpcError as e:  # a failed call to the cloud or the Inference service: one line
+        print("edge-agent: error: {}: {}".format(e.code().name, e.details()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,16 @@ to CPU silently on the TX2), and ``require_gpu=True`` raises instead of running 
 onnxruntime is not importable, the runtime rebuilds the model in torch from ``encoders.pt`` (the
 architecture) and ``finetuned.pt`` (the weights).
 
+Session settings (``SessionSettings``): ONNX Runtime's intra-op thread count and graph optimization
+level are explicit (``Info`` reports them), and the TensorRT engine is cached on disk under
+``engine_cache/<model sha256>-<device>``, so a restart or a swap back to a version does not rebuild it
+(minutes on a TX2).
+
+Inputs are checked in one place, ``decode``/``validate``: windows come as float32 arrays (from the compact
+``raw`` bytes of the wire without a copy, or the repeated-float form), and values whose normalization
+overflows float32 (|x| past ``MAX_NORMALIZED`` standard deviations) are refused naming the modality, so
+no answer ever carries NaN or Inf.
+
 Dynamic sensor selection: ``predict`` takes raw windows per modality; a modality that is absent, or flat
 in a window (the standard deviation over time is below ``flat_threshold`` raw units on every channel:
 a sensor that is off or stuck), is not present for that window. Its input is zeroed and the attention
@@ -21,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from shared.errors import CosmoError, DataError
-from shared.manifest import read_manifest, schema_normalizer
+from shared.manifest import read_manifest, schema_normalizer, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,8 @@ PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExec
 OUTPUTS = ("logits", "beta", "embedding")
 PRESENT = "present"
 FLAT_THRESHOLD = 1e-6  # raw units
+MAX_NORMALIZED = 1e6  # standard deviations: a window past this is a broken sensor or a hostile client
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
 class InputError(DataError):
@@ -63,22 +75,89 @@ def choose_providers(available: List[str], wanted: Optional[List[str]] = None) -
     return out
 
 
-def open_session(ort: Any, path: str, providers: Optional[List[str]], what: str = "ONNX model") -> Tuple[Any, List[str]]:
+class SessionSettings(object):
+    """How ONNX Runtime sessions are opened. ``intra_op_threads``: threads per inference (0: ORT's default,
+    one per core); ``graph_optimization``: one of ``GRAPH_LEVELS``; ``engine_cache``: a folder for TensorRT
+    engines (None: no cache), keyed by the model file's sha256 and the device."""
+
+    def __init__(self, intra_op_threads: int = 0, graph_optimization: str = "all",
+                 engine_cache: Optional[str] = None) -> None:
+        if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 0:
+            raise CosmoError("--ort-threads must be an int >= 0, got {!r}".format(intra_op_threads))
+        if graph_optimization not in GRAPH_LEVELS:
+            raise CosmoError("--graph-optimization must be one of {}, got {!r}".format(
+                ", ".join(GRAPH_LEVELS), graph_optimization))
+        self.intra_op_threads = intra_op_threads
+        self.graph_optimization = graph_optimization
+        self.engine_cache = engine_cache
+
+    def session_options(self, ort: Any) -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.intra_op_threads
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.graph_optimization]
+        return so
+
+    def provider_list(self, chosen: List[str], model_path: str) -> List[Any]:
+        """``chosen`` with TensorRT's engine-cache options attached (a cache folder per model and device)."""
+        out = []  # type: List[Any]
+        for p in chosen:
+            if p == "TensorrtExecutionProvider" and self.engine_cache:
+                folder = os.path.join(self.engine_cache, "{}-{}".format(sha256_file(model_path)[:16], device_key()))
+                os.makedirs(folder, exist_ok=True)
+                out.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": folder}))
+            else:
+                out.append(p)
+        return out
+
+
+def device_key() -> str:
+    """A short name of this device for cache keys: the board model (``/proc/device-tree/model`` on a
+    Jetson) or the machine type, with characters safe in a file name."""
+    name = os.uname()[4]
+    try:
+        with open("/proc/device-tree/model", "rb") as f:
+            name = f.read().decode("utf-8", "replace").strip("\x00 \n") or name
+    except OSError:
+        pass
+    return "".join(c if c.isalnum() else "_" for c in name)[:48]
+
+
+def open_session(ort: Any, path: str, providers: Optional[List[str]], what: str = "ONNX model",
+                 settings: Optional[SessionSettings] = None) -> Tuple[Any, List[str]]:
     """An onnxruntime session of ``path`` with the best providers that start (see ``choose_providers``:
     a provider that fails to start is dropped and the next ones are tried); returns it with the
     available providers. Raises ``DataError`` for a missing file, ``CosmoError`` when none starts."""
     if not os.path.isfile(path):
         raise DataError("{}: {} not found".format(path, what))
+    settings = settings or SessionSettings()
     available = list(ort.get_available_providers())
     chosen = choose_providers(available, providers)
     err = None  # type: Optional[Exception]
     while chosen:
         try:
-            return ort.InferenceSession(path, providers=chosen), available
+            return ort.InferenceSession(path, sess_options=settings.session_options(ort),
+                                        providers=settings.provider_list(chosen, path)), available
         except Exception as e:  # a provider that cannot start: try the next ones
             log.warning("onnxruntime session with %s failed: %s", chosen, e)
             err, chosen = e, chosen[1:]
     raise CosmoError("{}: onnxruntime could not open the model: {}".format(path, err))
+
+
+def normalize(modality: str, a: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """``(a - mean) / std`` as float32; ``InputError`` naming ``modality`` when a value lands past
+    ``MAX_NORMALIZED`` standard deviations (this also catches float32 overflow: 3e38 - mean is inf), so
+    a finite but absurd input never turns into NaN in an answer."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = ((a.astype(np.float32) - mean) / std).astype(np.float32)
+    if not (np.abs(x) <= MAX_NORMALIZED).all():
+        raise InputError(modality, "values up to {:.3g} are over {:g} standard deviations from the model's "
+                         "normalization (mean {}, std {}); a broken sensor?".format(
+                             float(np.abs(a).max()), MAX_NORMALIZED, np.round(mean, 3).tolist(),
+                             np.round(std, 3).tolist()))
+    return x
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -112,13 +191,15 @@ class Runtime(object):
         self._torch_model = None  # type: Any
         self._torch_device = None  # type: Any
         self._lock = threading.Lock()
+        self.settings = SessionSettings()
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, model_dir: str, require_gpu: bool = False, providers: Optional[List[str]] = None,
-             flat_threshold: float = FLAT_THRESHOLD) -> "Runtime":
+             flat_threshold: float = FLAT_THRESHOLD, settings: Optional[SessionSettings] = None) -> "Runtime":
         manifest = read_manifest(model_dir)
         rt = cls(manifest, model_dir, flat_threshold)
+        rt.settings = settings or SessionSettings()
         ort = _import_onnxruntime()
         if ort is not None:
             rt._load_onnx(ort, providers)
@@ -137,7 +218,7 @@ class Runtime(object):
 
     def _load_onnx(self, ort: Any, providers: Optional[List[str]]) -> None:
         path = os.path.join(self.model_dir, MODEL_ONNX)
-        self._session, self.available_providers = open_session(ort, path, providers, "ONNX model")
+        self._session, self.available_providers = open_session(ort, path, providers, "ONNX model", self.settings)
         names = [i.name for i in self._session.get_inputs()]
         if names != self.modalities + [PRESENT]:
             raise DataError("{}: ONNX inputs {} do not match the manifest's modalities {} + {!r}".format(
@@ -201,7 +282,8 @@ class Runtime(object):
         for j, m in enumerate(self.modalities):
             a = windows.get(m)
             if a is not None:
-                present[:, j] = (a.std(axis=1) >= self.flat_threshold).any(axis=1)
+                with np.errstate(over="ignore", invalid="ignore"):  # absurd values are refused later, by name
+                    present[:, j] = ~(a.std(axis=1) < self.flat_threshold).all(axis=1)
         return present
 
     def predict(self, windows: Dict[str, np.ndarray], rates: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
@@ -226,10 +308,14 @@ class Runtime(object):
             if a is None:
                 xs.append(np.zeros((n, int(d["window"]), len(d["channels"])), np.float32))
             else:
-                x = ((a.astype(np.float32) - self._mean[j]) / self._std[j]).astype(np.float32)
+                x = normalize(m, a, self._mean[j], self._std[j])
                 x[~present[:, j]] = 0.0
                 xs.append(x)
         logits, beta, emb = self._run(xs, present.astype(np.float32))
+        if not (np.isfinite(logits).all() and np.isfinite(beta).all() and np.isfinite(emb).all()):
+            raise InputError("windows", "the model's outputs overflow for these values ({}); no answer carries "
+                             "NaN or Inf".format(", ".join("{} up to {:.3g}".format(m, float(np.abs(a).max()))
+                                                          for m, a in windows.items())))
         proba = _softmax(logits.astype(np.float64)).astype(np.float32)
         return {"proba": proba, "label": proba.argmax(axis=1), "beta": beta, "embedding": emb, "present": present,
                 "used": [m for j, m in enumerate(self.modalities) if present[:, j].any()],
@@ -255,7 +341,10 @@ class Runtime(object):
     def info(self) -> Dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,
                 "available_providers": list(self.available_providers), "fallback": self.fallback,
-                "modalities": self.modalities, "classes": self.classes, "embedding_dim": self.embedding_dim}
+                "modalities": self.modalities, "classes": self.classes, "embedding_dim": self.embedding_dim,
+                "intra_op_threads": self.settings.intra_op_threads,
+                "graph_optimization": self.settings.graph_optimization,
+                "engine_cache": bool(self.settings.engine_cache) and self.provider == "TensorrtExecutionProvider"}
 
     def __repr__(self) -> str:
         return "Runtime({} v{}, {})".format(self.name, self.version, self.provider)

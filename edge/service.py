@@ -1,90 +1,78 @@
-"""The edge's gRPC Inference service (``cosmo.v1.Inference``, protos/cosmo/v1/inference.proto).
+"""The edge's gRPC Inference service (``cosmo.v1.Inference``, protos/cosmo/v1/inference.proto) on ``grpc.aio``.
 
-For apps on the device: listens on loopback or a unix socket by default. Predict and Embed take a batch
-of raw windows per modality; StreamPredict forms windows on the device from streamed samples; Info
-reports the model and the execution provider actually in use. Search finds the windows most similar to
-a text (or an embedding) among the recent windows the service saw while an aligned model was installed
-(``AlignedHolder``: the aligned runtime and its ``edge.index.WindowIndex``). Status codes: INVALID_ARGUMENT naming the
-modality and its expected schema (wrong shape, channel count, window length, sampling rate, NaN/Inf,
-unknown modality), RESOURCE_EXHAUSTED for a batch over ``max_batch``, FAILED_PRECONDITION while no
-model is installed. A bad request fails alone; the server keeps serving.
+For apps on the device: listens on loopback or a unix socket (owner and group only) by default; a
+listener other hosts can reach needs a bearer token or TLS/mTLS (``shared.rpc.auth``) unless the
+operator says ``--insecure``. Predict and Embed take a batch of raw windows per modality; StreamPredict
+forms windows on the device from streamed samples; Info reports the model, the execution provider
+actually in use and the session settings. Search finds the windows most similar to a text (or an
+embedding) among the recent windows the service saw while an aligned model was installed.
+
+Serving model: one asyncio event loop (its own thread, so the agent's threads can start and stop it)
+runs every call; a stream is a coroutine, never a pinned thread. Model runs go to a small executor
+(ONNX Runtime releases the GIL), so health checks and Info answer while models run. Limits
+(``EdgeLimits``): unary calls in flight, streams open, windows per request, stream idle time, message
+size; over a limit a call gets RESOURCE_EXHAUSTED at once. Status codes: INVALID_ARGUMENT naming the
+modality (or field) for a malformed request, RESOURCE_EXHAUSTED over a limit, FAILED_PRECONDITION
+while no model is installed, DEADLINE_EXCEEDED for a stream idle past its limit, UNAUTHENTICATED
+without the token. A bad request fails alone and is logged as one WARNING line; the server keeps
+serving.
 
 With an aligned model installed, Embed answers with its embedding (``space = "aligned"``, the text space;
 else the classifier's, ``space = "classifier"``), and Predict, Embed and StreamPredict add every window
-they see to the index (embedded by the aligned model; predicted activity = the classifier's label where
-it ran, else the aligned zero-shot class). Indexing is best effort: a window the aligned model cannot
-take (a modality missing, another schema) is logged and skipped, never failing the request.
-
-The model lives in a ``ModelHolder``; ``swap`` replaces it atomically, and every request works with the
-runtime it got when it started, so a swap in the middle of a request is safe.
+they see to the index (best effort: a window the aligned model cannot take is logged and skipped).
 """
+import asyncio
 import logging
+import os
 import threading
-from concurrent import futures
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
+from dataclasses import dataclass, fields
 
 from edge.aligned import AlignedRuntime
-from edge.index import WindowIndex
+from edge.holders import AlignedHolder, ModelHolder
 from edge.runtime import InputError, Runtime
+from edge.wire import TooLarge, Windower, decode_windows, prediction_response
 from shared import rpc
-from shared.errors import CosmoError
+from shared.errors import CosmoError, clip
 from shared.rpc import pb
+from shared.rpc.auth import TokenAuth
 
 log = logging.getLogger(__name__)
 SERVICE = "cosmo.v1.Inference"
+HEALTH = "grpc.health.v1.Health"
 DEFAULT_LISTEN = "127.0.0.1:0"
-MAX_MESSAGE = 64 << 20  # bytes
+MiB = 1 << 20
+MAX_DETAILS = 1024  # characters of a status text
 
 
-class ModelHolder(object):
-    """A thread-safe reference to the current ``Runtime`` (or None before the first install)."""
+@dataclass(frozen=True)
+class EdgeLimits:
+    """Limits of one Inference service (counts; seconds; bytes); one ``edge-agent serve/run`` flag each.
 
-    def __init__(self, runtime: Optional[Runtime] = None) -> None:
-        self._lock = threading.Lock()
-        self._rt = runtime
-        self._listeners: List[Callable[[Optional[Runtime]], None]] = []
+    ``max_batch``: windows per Predict/Embed request (and windows a stream may buffer ahead).
+    ``max_inflight``: Predict/Embed/Search/Info calls running or waiting for the model at once.
+    ``max_streams``: StreamPredict streams open at once.
+    ``stream_idle_s``: a stream whose client neither sends nor takes a message for this long is ended.
+    ``max_message_bytes``: largest request accepted.
+    ``workers``: threads that run the model (each ONNX Runtime run uses its own intra-op threads).
+    """
 
-    def get(self) -> Optional[Runtime]:
-        with self._lock:
-            return self._rt
+    max_batch: int = 256
+    max_inflight: int = 64
+    max_streams: int = 64
+    stream_idle_s: float = 60.0
+    max_message_bytes: int = 64 * MiB
+    workers: int = 2
 
-    def swap(self, rt: Optional[Runtime]) -> Optional[Runtime]:
-        """Install ``rt``; return the runtime it replaces. Requests already running keep theirs."""
-        with self._lock:
-            old, self._rt = self._rt, rt
-            listeners = list(self._listeners)
-        for fn in listeners:
-            try:
-                fn(rt)
-            except Exception:  # a listener must not break the swap
-                log.exception("model holder listener failed")
-        return old
-
-    def add_listener(self, fn: Callable[[Optional[Runtime]], None]) -> None:
-        """Call ``fn(runtime)`` after every swap (and once now)."""
-        with self._lock:
-            self._listeners.append(fn)
-            rt = self._rt
-        fn(rt)
-
-
-class AlignedHolder(ModelHolder):
-    """The aligned runtime (or None) and the search ``index`` its embeddings go into. Installing a model
-    of another name or version drops the index's windows (not comparable across models)."""
-
-    def __init__(self, index: Optional[WindowIndex] = None, runtime: Optional[AlignedRuntime] = None) -> None:
-        super().__init__(None)
-        self.index = index
-        if runtime is not None:
-            self.swap(runtime)
-
-    def swap(self, rt: Optional[Any]) -> Optional[Any]:  # type: ignore[override]
-        if rt is not None and self.index is not None:
-            self.index.set_model(rt.name, int(rt.version), int(rt.dim))
-        return super().swap(rt)
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise CosmoError("--{}: must be a number > 0, got {!r}".format(f.name.replace("_", "-"), v))
 
 
 class _Abort(Exception):
@@ -102,124 +90,57 @@ def _runtime(holder: ModelHolder) -> Runtime:
     return rt
 
 
-def decode_windows(request: Any, rt: Runtime, max_batch: int) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
-    """``PredictRequest`` -> ``({modality: [N, T, C] float32}, {modality: rate_hz})``, checked."""
-    windows, rates = {}, {}  # type: Dict[str, np.ndarray], Dict[str, float]
-    if not request.windows:
-        raise InputError("windows", "no modality given; the model's modalities are {}".format(rt.modalities))
-    for w in request.windows:
-        m = w.modality
-        if m not in rt.schema:
-            raise InputError(m or "modality", "unknown modality {!r}; the model's modalities are {}".format(
-                m, rt.modalities))
-        if m in windows:
-            raise InputError(m, "given twice in one request")
-        shape = [int(s) for s in w.shape]
-        if len(shape) != 3 or min(shape) < 1:
-            raise InputError(m, "shape {}; {}".format(shape, rt.expected(m)))
-        if shape[0] > max_batch:
-            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "{}: batch of {} windows is over this server's limit "
-                                                             "of {}; split the request".format(m, shape[0], max_batch))
-        if request.batch > 0 and shape[0] != request.batch:
-            raise InputError(m, "{} windows but batch = {}".format(shape[0], request.batch))
-        if len(w.data) != shape[0] * shape[1] * shape[2]:
-            raise InputError(m, "shape {} needs {} values, got {}; {}".format(
-                shape, shape[0] * shape[1] * shape[2], len(w.data), rt.expected(m)))
-        windows[m] = np.asarray(w.data, dtype=np.float32).reshape(shape)
-        if w.rate_hz:
-            rates[m] = float(w.rate_hz)
-    return windows, rates
-
-
-def prediction_response(rt: Runtime, out: Dict[str, Any], window_index: int = 0) -> Any:
-    preds = []
-    for i in range(out["proba"].shape[0]):
-        label = int(out["label"][i])
-        preds.append(pb.Prediction(label=label, label_name=rt.classes[label], proba=out["proba"][i].tolist(),
-                                   beta=out["beta"][i].tolist(),
-                                   dropped=[m for j, m in enumerate(rt.modalities) if not out["present"][i, j]]))
-    return pb.PredictResponse(predictions=preds, modalities=rt.modalities, used_modalities=out["used"],
-                              dropped_modalities=out["dropped"], model_name=rt.name, model_version=rt.version,
-                              provider=rt.provider, window_index=window_index)
-
-
-class _Windower(object):
-    """Forms aligned windows from streamed samples (see ``SamplesChunk`` in inference.proto).
-
-    Every modality's stream starts at time 0: window k of modality m is its samples
-    ``[k * hop_m, k * hop_m + window_m)``. Window k is formed once every modality streamed so far covers
-    it; a modality that joins late skips the samples of windows already formed. A modality may run at
-    most ``max_ahead`` windows ahead of the slowest one (RESOURCE_EXHAUSTED past that: bounded memory)."""
-
-    def __init__(self, rt: Runtime, hop_fraction: float, max_ahead: int = 256) -> None:
-        if not 0.0 < hop_fraction <= 1.0:
-            raise InputError("hop_fraction", "must be in (0, 1], got {:g}".format(hop_fraction))
-        self.rt = rt
-        self.win = {m: int(d["window"]) for m, d in rt.schema.items()}
-        self.hop = {m: max(1, int(round(self.win[m] * hop_fraction))) for m in rt.modalities}
-        self.buf = {}  # type: Dict[str, np.ndarray]
-        self.base = {}  # type: Dict[str, int]  # stream index of buf[m][0]
-        self.next = 0  # index of the next window to form
-        self.max_ahead = int(max_ahead)
-
-    def add(self, chunk: Any) -> None:
-        rt, m = self.rt, chunk.modality
-        if m not in rt.schema:
-            raise InputError(m or "modality", "unknown modality {!r}; the model's modalities are {}".format(
-                m, rt.modalities))
-        c = len(rt.schema[m]["channels"])
-        if chunk.channels != c:
-            raise InputError(m, "{} channels; {}".format(chunk.channels, rt.expected(m)))
-        if len(chunk.data) % c:
-            raise InputError(m, "{} values is not a whole number of {}-channel samples".format(len(chunk.data), c))
-        if chunk.rate_hz and abs(chunk.rate_hz - float(rt.schema[m]["rate_hz"])) > 1e-6:
-            raise InputError(m, "sampled at {:g} Hz; {}".format(chunk.rate_hz, rt.expected(m)))
-        a = np.asarray(chunk.data, dtype=np.float32).reshape(-1, c)
-        if not np.isfinite(a).all():
-            raise InputError(m, "contains NaN or Inf; {}".format(rt.expected(m)))
-        if m not in self.buf:
-            self.buf[m], self.base[m] = np.zeros((0, c), np.float32), 0
-        self.buf[m] = np.concatenate([self.buf[m], a])
-        self._trim()
-        if len(self.buf[m]) > self.win[m] + self.max_ahead * self.hop[m]:
-            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "{}: {} samples buffered, more than {} windows ahead of "
-                         "the other streamed modalities {}; interleave the modalities by time".format(
-                             m, len(self.buf[m]), self.max_ahead, sorted(set(self.buf) - {m})))
-
-    def _trim(self) -> None:
-        for m in self.buf:
-            drop = min(len(self.buf[m]), self.next * self.hop[m] - self.base[m])
-            if drop > 0:
-                self.buf[m], self.base[m] = self.buf[m][drop:], self.base[m] + drop
-
-    def ready(self) -> Iterator[Tuple[int, Dict[str, np.ndarray]]]:
-        """Windows every streamed modality covers, in order; each as ``(k, {modality: [1, T, C]})``."""
-        while self.buf and all(self.base[m] == self.next * self.hop[m] and len(b) >= self.win[m]
-                               for m, b in self.buf.items()):
-            w = {m: b[None, :self.win[m]].copy() for m, b in self.buf.items()}
-            k, self.next = self.next, self.next + 1
-            self._trim()
-            yield k, w
-
-
-def _abort_with(context: Any, e: Exception) -> None:
+def _status(e: BaseException) -> Tuple[grpc.StatusCode, str]:
     """The one place errors of the Inference service become status codes."""
     if isinstance(e, _Abort):
-        context.abort(e.code, e.message)
-    if isinstance(e, InputError):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    log.exception("inference failed")
-    context.abort(grpc.StatusCode.INTERNAL, str(e))
+        return e.code, e.message
+    if isinstance(e, TooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
+    if isinstance(e, CosmoError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    return grpc.StatusCode.INTERNAL, "{}: {}".format(type(e).__name__, e)
 
 
 class InferenceServicer(object):
-    """``cosmo.v1.Inference`` over a ``ModelHolder``; batches over ``max_batch`` windows are refused."""
+    """``cosmo.v1.Inference`` over a ``ModelHolder`` (async handlers; counters live on the loop's thread)."""
 
-    def __init__(self, holder: ModelHolder, max_batch: int = 256, aligned: Optional[AlignedHolder] = None) -> None:
+    def __init__(self, holder: ModelHolder, limits: Optional[EdgeLimits] = None,
+                 aligned: Optional[AlignedHolder] = None) -> None:
         self.holder = holder
-        self.max_batch = int(max_batch)
+        self.limits = limits or EdgeLimits()
+        self.max_batch = int(self.limits.max_batch)
         self.aligned = aligned if aligned is not None else AlignedHolder()
-        self._warned = set()  # type: Set[str]
+        self.pool = ThreadPoolExecutor(max_workers=int(self.limits.workers), thread_name_prefix="edge-model")
+        self.inflight = 0
+        self.streams = 0
+        self._warned = set()  # messages of index failures already logged
+
+    # ---------------------------------------------------------------------------- plumbing
+    async def _fail(self, context: Any, method: str, e: BaseException) -> None:
+        code, details = _status(e)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed", method, exc_info=(type(e), e, e.__traceback__))
+        else:  # a client's mistake: one line, the client's strings escaped
+            log.log(logging.INFO if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.WARNING,
+                    "%s from %s: %s %s", method, context.peer(), code.name, clip(details, 300))
+        if len(details) > MAX_DETAILS:
+            details = details[:MAX_DETAILS] + "..."
+        await context.abort(code, details)
+
+    async def _unary(self, context: Any, method: str, fn: Callable[[], Any]) -> Any:
+        """Admission (``max_inflight``), ``fn`` in the model executor, errors mapped."""
+        if self.inflight >= self.limits.max_inflight:
+            await self._fail(context, method, _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {} calls in "
+                             "flight (--max-inflight {}); retry later".format(self.inflight, self.limits.max_inflight)))
+        self.inflight += 1
+        try:
+            return await asyncio.get_event_loop().run_in_executor(self.pool, fn)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            await self._fail(context, method, e)
+        finally:
+            self.inflight -= 1
 
     def _index(self, windows: Dict[str, np.ndarray], rates: Dict[str, float], source: str,
                labels: Optional[List[str]] = None, emb: Optional[np.ndarray] = None,
@@ -238,81 +159,106 @@ class InferenceServicer(object):
             if msg not in self._warned and len(self._warned) < 100:
                 self._warned.add(msg)
                 log.warning("search index: %s windows not indexed (%s); further identical failures are logged "
-                            "at DEBUG", source, msg)
+                            "at DEBUG", source, clip(msg, 300))
             else:
-                log.debug("search index: %s windows not indexed (%s)", source, msg)
+                log.debug("search index: %s windows not indexed (%s)", source, clip(msg, 300))
 
-    def _call(self, context: Any, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except (_Abort, CosmoError) as e:
-            _abort_with(context, e)
-
-    def Predict(self, request: Any, context: Any) -> Any:
+    # ------------------------------------------------------------------------------- RPCs
+    async def Predict(self, request: Any, context: Any) -> Any:
         def run() -> Any:
             rt = _runtime(self.holder)
-            windows, rates = decode_windows(request, rt, self.max_batch)
+            windows, rates = decode_windows(request, self.max_batch)
             out = rt.predict(windows, rates)
             resp = prediction_response(rt, out)
             self._index(windows, rates, "Predict", labels=[rt.classes[int(i)] for i in out["label"]])
             return resp
-        return self._call(context, run)
+        return await self._unary(context, "Predict", run)
 
-    def Embed(self, request: Any, context: Any) -> Any:
+    async def Embed(self, request: Any, context: Any) -> Any:
         def run() -> Any:
             art = self.aligned.get()
+            windows, rates = decode_windows(request, self.max_batch)
             if art is not None:  # the aligned (text) space
-                windows, rates = decode_windows(request, art, self.max_batch)
                 emb = art.embed(windows, rates)
                 self._index(windows, rates, "Embed", emb=emb, art=art)
                 return pb.EmbedResponse(embeddings=[pb.Embedding(values=e.tolist()) for e in emb],
                                         dim=int(emb.shape[1]), model_version=art.version, model_name=art.name,
                                         used_modalities=list(windows), dropped_modalities=[], space="aligned")
             rt = _runtime(self.holder)
-            windows, rates = decode_windows(request, rt, self.max_batch)
             out = rt.predict(windows, rates)
             return pb.EmbedResponse(embeddings=[pb.Embedding(values=e.tolist()) for e in out["embedding"]],
                                     dim=int(out["embedding"].shape[1]), model_version=rt.version,
                                     model_name=rt.name, used_modalities=out["used"],
                                     dropped_modalities=out["dropped"], space="classifier")
-        return self._call(context, run)
+        return await self._unary(context, "Embed", run)
 
-    def StreamPredict(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+    async def StreamPredict(self, request_iterator: Any, context: Any) -> None:
+        """A coroutine per stream: samples are windowed on the loop, each window runs in the executor."""
+        lim = self.limits
+        if self.streams >= lim.max_streams:
+            await self._fail(context, "StreamPredict", _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {} "
+                             "streams open (--max-streams {}); retry later".format(self.streams, lim.max_streams)))
+        self.streams += 1
+        loop = asyncio.get_event_loop()
         try:
             rt = _runtime(self.holder)
-            windower = None  # type: Optional[_Windower]
-            for chunk in request_iterator:
+            windower = None  # type: Optional[Windower]
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(context.read(), lim.stream_idle_s)
+                except asyncio.TimeoutError:
+                    raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no samples for {:g} s (--stream-idle-s); "
+                                 "stream closed".format(lim.stream_idle_s)) from None
+                if chunk is grpc.aio.EOF:
+                    return
                 if windower is None:
-                    windower = _Windower(rt, chunk.hop_fraction or 0.5, max_ahead=self.max_batch)
+                    windower = Windower(rt, chunk.hop_fraction or 0.5, max_ahead=self.max_batch)
                 windower.add(chunk)
                 for k, w in windower.ready():
-                    out = rt.predict(w)
-                    self._index(w, {}, "StreamPredict", labels=[rt.classes[int(i)] for i in out["label"]])
-                    yield prediction_response(rt, out, window_index=k)
-        except (_Abort, CosmoError) as e:
-            _abort_with(context, e)
+                    def run(w: Dict[str, np.ndarray] = w, k: int = k) -> Any:
+                        out = rt.predict(w)
+                        self._index(w, {}, "StreamPredict", labels=[rt.classes[int(i)] for i in out["label"]])
+                        return prediction_response(rt, out, window_index=k)
+                    resp = await loop.run_in_executor(self.pool, run)
+                    try:
+                        await asyncio.wait_for(context.write(resp), lim.stream_idle_s)
+                    except asyncio.TimeoutError:
+                        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "predictions not read for {:g} s "
+                                     "(--stream-idle-s); stream closed".format(lim.stream_idle_s)) from None
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            if not context.cancelled():
+                await self._fail(context, "StreamPredict", e)
+        finally:
+            self.streams -= 1
 
-    def Info(self, request: Any, context: Any) -> Any:
+    async def Info(self, request: Any, context: Any) -> Any:
         def run() -> Any:
             art = self.aligned.get()
             rt = self.holder.get() if art is not None else _runtime(self.holder)
             index = self.aligned.index
+            lim = self.limits
             resp = pb.InfoResponse(max_batch=self.max_batch, aligned_model=art.name if art else "",
                                    aligned_version=art.version if art else 0,
                                    index_size=index.size if index is not None else 0,
-                                   index_capacity=index.capacity if index is not None else 0)
+                                   index_capacity=index.capacity if index is not None else 0,
+                                   max_streams=int(lim.max_streams), max_inflight=int(lim.max_inflight))
             if rt is not None:
                 mods = [pb.ModalitySchema(name=m, channels=len(d["channels"]), window=int(d["window"]),
                                           rate_hz=float(d["rate_hz"]), channel_names=list(d["channels"]),
                                           units=str(d.get("units", ""))) for m, d in rt.schema.items()]
+                info = rt.info()
                 resp.MergeFrom(pb.InfoResponse(
                     model_name=rt.name, model_version=rt.version, provider=rt.provider,
                     available_providers=rt.available_providers, modalities=mods, classes=rt.classes,
-                    fallback=rt.fallback, embedding_dim=rt.embedding_dim))
+                    fallback=rt.fallback, embedding_dim=rt.embedding_dim,
+                    intra_op_threads=int(info["intra_op_threads"]), graph_optimization=info["graph_optimization"],
+                    engine_cache=bool(info["engine_cache"])))
             return resp
-        return self._call(context, run)
+        return await self._unary(context, "Info", run)
 
-    def Search(self, request: Any, context: Any) -> Any:
+    async def Search(self, request: Any, context: Any) -> Any:
         def run() -> Any:
             art = self.aligned.get()
             index = self.aligned.index
@@ -351,35 +297,118 @@ class InferenceServicer(object):
                                    score=h.score, source=h.source) for h in hits],
                 index_size=index.size, dim=art.dim, query="text" if has_text else "embedding",
                 model_name=art.name, model_version=art.version, text_encoder=art.text_encoder_name)
-        return self._call(context, run)
+        return await self._unary(context, "Search", run)
+
+
+class EdgeServer(object):
+    """The Inference service (+ ``grpc.health.v1`` and reflection) on its own event-loop thread.
+
+    ``start()`` returns the bound port (1 for a unix socket); ``stop(grace)`` waits up to ``grace``
+    seconds for calls in flight. Health for ``cosmo.v1.Inference`` is SERVING while a model is
+    installed, NOT_SERVING before. ``token``: bearer token for every call but health (reflection
+    included); ``tls``: ``grpc.ServerCredentials`` (``shared.rpc.auth.server_credentials``)."""
+
+    def __init__(self, holder: ModelHolder, listen: str = DEFAULT_LISTEN, limits: Optional[EdgeLimits] = None,
+                 aligned: Optional[AlignedHolder] = None, token: Optional[str] = None, tls: Any = None) -> None:
+        self.holder, self.listen, self.token, self.tls = holder, listen, token, tls
+        self.limits = limits or EdgeLimits()
+        self.servicer = InferenceServicer(holder, self.limits, aligned)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edge-aio", daemon=True)
+        self._stopped = False
+
+    def _call(self, coro: Any, timeout: Optional[float] = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> int:
+        self._thread.start()
+        try:
+            self.port = self._call(self._start(), timeout=60)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            raise
+        self.holder.add_listener(self._on_swap)
+        log.info("inference service on %s (port %d)", self.listen, self.port)
+        return self.port
+
+    async def _start(self) -> int:
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        lim = self.limits
+        opts = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", int(lim.max_message_bytes)),
+                ("grpc.max_send_message_length", int(lim.max_message_bytes)),
+                ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
+                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
+        self.server = grpc.aio.server(interceptors=[TokenAuth(self.token)] if self.token else None, options=opts)
+        rpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._serving = health_pb2.HealthCheckResponse
+        try:
+            rpc.enable_reflection(self.server, services=(SERVICE,), extra_service_names=[HEALTH])
+        except ImportError:
+            log.warning("grpcio-reflection is not installed; serving without reflection")
+        sock = self.listen[len("unix:"):] if self.listen.startswith("unix:") else None
+        old_umask = os.umask(0o117) if sock else None  # the socket is born owner/group-only
+        try:
+            port = (self.server.add_secure_port(self.listen, self.tls) if self.tls
+                    else self.server.add_insecure_port(self.listen))
+        except RuntimeError as e:  # newer grpcio raises where 1.48 returns 0
+            raise CosmoError("--listen {}: cannot bind ({})".format(self.listen, e)) from None
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if not port:
+            raise CosmoError("--listen {}: cannot bind; is another server on that address?".format(self.listen))
+        await self.server.start()
+        if sock and os.path.exists(sock):
+            os.chmod(sock, 0o660)
+        await self.health.set("", self._serving.SERVING)
+        await self._set_health(self.holder.get() is not None)
+        return port
+
+    async def _set_health(self, serving: bool) -> None:
+        await self.health.set(SERVICE, self._serving.SERVING if serving else self._serving.NOT_SERVING)
+
+    def _on_swap(self, rt: Optional[Runtime]) -> None:
+        if self._stopped:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._set_health(rt is not None), self._loop)
+        except RuntimeError:  # the loop is closing
+            pass
+
+    def stop(self, grace: Optional[float] = 5.0) -> None:
+        """Health NOT_SERVING, then calls in flight get ``grace`` seconds. Idempotent."""
+        if self._stopped or not self._thread.is_alive():
+            return
+        self._stopped = True
+        try:
+            self._call(self._stop(grace), timeout=(grace or 0) + 30)
+        finally:
+            self.servicer.pool.shutdown(wait=False)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _stop(self, grace: Optional[float]) -> None:
+        await self.health.set("", self._serving.NOT_SERVING)
+        await self._set_health(False)
+        await self.server.stop(grace)
 
 
 def serve_inference(holder: ModelHolder, listen: str = DEFAULT_LISTEN, max_batch: int = 256,
-                    max_workers: int = 8, aligned: Optional[AlignedHolder] = None) -> Tuple[grpc.Server, int]:
-    """Start the Inference service (+ grpc.health.v1 and reflection) on ``listen`` (``host:port`` or
-    ``unix:/path``); returns ``(server, port)`` (the bound port; 1 for a unix socket). Health for
-    ``cosmo.v1.Inference`` is SERVING while a model is installed, NOT_SERVING before. ``aligned``: the
-    aligned model and search index (Search answers FAILED_PRECONDITION without one)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE)])
-    rpc.add_InferenceServicer_to_server(InferenceServicer(holder, max_batch=max_batch, aligned=aligned), server)
-    health = rpc.add_health(server, service_names=(SERVICE,))
-    try:
-        rpc.enable_reflection(server, services=(SERVICE,), extra_service_names=["grpc.health.v1.Health"])
-    except ImportError:
-        log.warning("grpcio-reflection is not installed; serving without reflection")
-    port = server.add_insecure_port(listen)
-    if not port:
-        raise CosmoError("inference: could not listen on {!r}".format(listen))
+                    max_workers: int = 2, aligned: Optional[AlignedHolder] = None,
+                    limits: Optional[EdgeLimits] = None, token: Optional[str] = None,
+                    tls: Any = None) -> Tuple[EdgeServer, int]:
+    """Start an ``EdgeServer`` on ``listen`` (``host:port`` or ``unix:/path``); returns ``(server, port)``.
+    ``limits`` wins over ``max_batch``/``max_workers`` (kept for callers that only set those)."""
+    if limits is None:
+        limits = EdgeLimits(max_batch=max_batch, workers=max_workers)
+    server = EdgeServer(holder, listen, limits=limits, aligned=aligned, token=token, tls=tls)
+    return server, server.start()
 
-    def on_swap(rt: Optional[Runtime]) -> None:
-        from grpc_health.v1 import health_pb2
 
-        st = health_pb2.HealthCheckResponse
-        health.set(SERVICE, st.SERVING if rt is not None else st.NOT_SERVING)
-
-    holder.add_listener(on_swap)
-    server.start()
-    log.info("inference service on %s (port %d)", listen, port)
-    return server, port
+__all__ = ["AlignedHolder", "EdgeLimits", "EdgeServer", "InferenceServicer", "ModelHolder", "SERVICE",
+           "serve_inference"]

@@ -78,17 +78,27 @@ def read_token(path: Optional[str], flag: str = "--token-file") -> Optional[str]
     return token
 
 
-def server_credentials(cert: Optional[str], key: Optional[str], ca: Optional[str]) -> Optional[Any]:
-    """TLS (cert + key) or mTLS (also ca: clients must present a certificate it signed); None for neither."""
+def server_credentials(cert: Optional[str], key: Optional[str], ca: Optional[str],
+                       flag: str = "--tls") -> Optional[Any]:
+    """TLS (cert + key) or mTLS (also ca: clients must present a certificate it signed); None for neither.
+    ``flag``: the prefix of the flags named in errors (``--tls`` -> ``--tls-cert``, ``--tls-key``, ...)."""
     if not cert and not key:
         if ca:
-            raise CosmoError("--tls-ca needs --tls-cert and --tls-key")
+            raise CosmoError("{0}-ca needs {0}-cert and {0}-key".format(flag))
         return None
     if not (cert and key):
-        raise CosmoError("TLS needs both --tls-cert and --tls-key")
-    return grpc.ssl_server_credentials([(read_file(key, "--tls-key"), read_file(cert, "--tls-cert"))],
-                                       root_certificates=read_file(ca, "--tls-ca") if ca else None,
+        raise CosmoError("TLS needs both {0}-cert and {0}-key".format(flag))
+    return grpc.ssl_server_credentials([(read_file(key, flag + "-key"), read_file(cert, flag + "-cert"))],
+                                       root_certificates=read_file(ca, flag + "-ca") if ca else None,
                                        require_client_auth=bool(ca))
+
+
+def check_exposure(listen: str, token: Optional[str], tls: Any, insecure: bool, token_flag: str = "--token-file",
+                   tls_flag: str = "--tls-cert") -> None:
+    """A listener other hosts can reach needs a token or TLS, unless the operator says ``--insecure``."""
+    if not (token or tls or insecure or is_loopback(listen)):
+        raise CosmoError("--listen {}: reachable from other hosts without {} or {}; add credentials "
+                         "(docs/security.md) or --insecure on a trusted network".format(listen, token_flag, tls_flag))
 
 
 def is_loopback(listen: str) -> bool:
@@ -104,4 +114,5 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-__all__ = ["OPEN_METHODS", "TokenAuth", "is_loopback", "read_file", "read_token", "server_credentials"]
+__all__ = ["OPEN_METHODS", "TokenAuth", "check_exposure", "is_loopback", "read_file", "read_token",
+           "server_credentials"]

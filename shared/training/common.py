@@ -14,6 +14,7 @@ from dataclasses import asdict, fields, is_dataclass
 
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, clip
+from ..files import write_json  # noqa: F401  (re-exported: the training code's JSON writer)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,16 +166,6 @@ def dataset_hash(ds: MultimodalDataset) -> str:
     h.update(ds.labels.tobytes())
     h.update(ds.subjects.tobytes())
     return h.hexdigest()
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def cached_json(path: str, fn: Callable[[], Any]) -> Any:

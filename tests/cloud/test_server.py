@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cloud.server import CloudServer
 from shared.client import VerificationError, connect, download_file, pull, submit_job, wait_job
 from shared.rpc import ModelRegistryStub, TrainingStub, pb
+from tests.util import self_signed as _self_signed
 
 TINY = {"epochs": 2, "encoder_widths": [8, 8, 8], "out_steps": 4, "proj_hidden": 32, "batch_size": 32,
         "labels_per_class": 2, "model_name": "tiny"}
@@ -267,18 +268,6 @@ def test_token_health_and_reflection(tmp_path):
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         srv.stop(grace=1)
-
-
-def _self_signed(tmp_path, name):
-    import shutil
-    import subprocess
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    key, cert = tmp_path / (name + ".key"), tmp_path / (name + ".crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(cert), str(key)
 
 
 def test_tls_and_mutual_tls(tmp_path):

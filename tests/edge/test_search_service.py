@@ -280,5 +280,5 @@ def test_search_cli_prints_hits(world, served, capsys):
     assert edge_main(["search", "--server", served["target"], "--text", "walking upstairs", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "3 hits of 4 indexed windows" in out and out.count("score") == 3 and "from Predict" in out
-    assert edge_main(["search", "--listen", served["target"], "--text", "", "-k", "3"]) == 1
+    assert edge_main(["search", "--server", served["target"], "--text", "", "-k", "3"]) == 1
     assert "INVALID_ARGUMENT: text:" in capsys.readouterr().err
