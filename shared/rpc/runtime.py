@@ -11,6 +11,9 @@ Works on every protobuf runtime from 3.19 (Python 3.6, the Jetson TX2 stack; C++
   protobuf 3.19's ``MethodDescriptor`` has no ``client_streaming``), so stubs and handlers exist for
   every service and every streaming kind without a hand-written list.
 """
+import functools
+import inspect
+import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -21,6 +24,7 @@ from google.protobuf.internal import enum_type_wrapper
 
 from shared.rpc._descriptors import DESCRIPTOR_SET, SERVICE_NAMES
 
+log = logging.getLogger("shared.rpc")
 # (client_streaming, server_streaming) -> (grpc.Channel method, grpc handler factory)
 _KINDS = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -202,6 +206,58 @@ class Stub(object):
         return "<Stub %s>" % self._service
 
 
+class Malformed(object):
+    """What a server gets instead of a request whose bytes do not parse as its message type (garbage on
+    the wire). Unary-request handlers never see it: ``method_handlers`` answers INVALID_ARGUMENT for them
+    (grpc itself would answer UNKNOWN and log a traceback per request); a client-streaming handler meets
+    it among the messages of its request iterator and refuses it the same way."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(cls: Any) -> Callable[[bytes], Any]:
+    name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as e:  # DecodeError (and RuntimeWarning-free variants of old runtimes)
+            return Malformed("request is not a valid {} message ({})".format(name, str(e).rsplit(": ", 1)[-1]))
+    return parse
+
+
+def _guard(fn: Callable[..., Any], path: str) -> Callable[..., Any]:
+    """``fn`` (a unary-request handler: plain, generator, coroutine or async generator) answering
+    INVALID_ARGUMENT for a ``Malformed`` request, with one WARNING line."""
+    def refuse(request: Any, context: Any) -> bool:
+        if not isinstance(request, Malformed):
+            return False
+        log.warning("%s from %s: INVALID_ARGUMENT %s", path, context.peer(), request.message)
+        return True
+    if inspect.iscoroutinefunction(fn):
+        async def coro(request: Any, context: Any) -> Any:
+            if refuse(request, context):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await fn(request, context)
+        return functools.wraps(fn)(coro)
+    if inspect.isasyncgenfunction(fn):
+        async def agen(request: Any, context: Any) -> Any:
+            if refuse(request, context):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for r in fn(request, context):
+                yield r
+        return functools.wraps(fn)(agen)
+
+    def plain(request: Any, context: Any) -> Any:
+        if refuse(request, context):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return fn(request, context)
+    return functools.wraps(fn)(plain)
+
+
 def method_handlers(service: str, servicer: Any,
                     contract: Optional[Contract] = None) -> Dict[str, grpc.RpcMethodHandler]:
     """grpc method handlers for the RPCs ``servicer`` implements, by RPC name.
@@ -215,7 +271,8 @@ def method_handlers(service: str, servicer: Any,
         fn = getattr(servicer, m.name, None)
         if callable(fn):
             make = _KINDS[(m.client_streaming, m.server_streaming)][1]
-            out[m.name] = make(fn, request_deserializer=m.request.FromString, response_serializer=_serialize)
+            handler = fn if m.client_streaming else _guard(fn, m.path)
+            out[m.name] = make(handler, request_deserializer=_tolerant(m.request), response_serializer=_serialize)
     return out
 
 
