@@ -127,6 +127,18 @@ def test_systemd_unit_keys():
         assert "\n" + var in env
 
 
+def test_env_example_is_safe_by_default():
+    """The shipped settings, parsed by the real CLI: the Inference service is not reachable from other
+    hosts (loopback or a unix socket), or it has credentials; never --insecure."""
+    from edge.cli import build_parser
+    from shared.rpc.auth import is_loopback
+    with open(os.path.join(JETSON, "edge-agent.env.example")) as f:
+        args = [line.split("=", 1)[1] for line in f if line.startswith("COSMO_AGENT_ARGS=")][0].split()
+    a = build_parser().parse_args(["run", "--cloud", "c:1", "--labels", "l", "--state-dir", "s"] + args)
+    assert not a.insecure
+    assert is_loopback(a.listen) or a.listen_token_file or a.listen_tls_cert
+
+
 def test_dockerfile():
     with open(os.path.join(JETSON, "Dockerfile.l4t")) as f:
         text = f.read()
