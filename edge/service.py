@@ -48,6 +48,12 @@ HEALTH = "grpc.health.v1.Health"
 DEFAULT_LISTEN = "127.0.0.1:0"
 MiB = 1 << 20
 MAX_DETAILS = 1024  # characters of a status text
+INLINE_WINDOWS = 4  # a call with at most this many windows may run on the loop (see InferenceServicer._unary)
+
+
+def _small(request: Any) -> bool:
+    """Whether a PredictRequest carries at most ``INLINE_WINDOWS`` windows of every modality."""
+    return all(len(w.shape) == 3 and 0 < w.shape[0] <= INLINE_WINDOWS for w in request.windows)
 
 
 @dataclass(frozen=True)
@@ -128,13 +134,19 @@ class InferenceServicer(object):
             details = details[:MAX_DETAILS] + "..."
         await context.abort(code, details)
 
-    async def _unary(self, context: Any, method: str, fn: Callable[[], Any]) -> Any:
-        """Admission (``max_inflight``), ``fn`` in the model executor, errors mapped."""
+    async def _unary(self, context: Any, method: str, fn: Callable[[], Any], small: bool = False) -> Any:
+        """Admission (``max_inflight``), ``fn`` in the model executor, errors mapped. A ``small`` call (at
+        most ``INLINE_WINDOWS`` windows) that arrives while no other call runs is run on the loop itself:
+        it saves the two thread hand-offs (about 0.3 ms of a 1.3 ms Predict at batch 1) and holds the loop
+        for about as long as a hand-off would (under a millisecond); under load everything goes to the
+        executor."""
         if self.inflight >= self.limits.max_inflight:
             await self._fail(context, method, _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {} calls in "
                              "flight (--max-inflight {}); retry later".format(self.inflight, self.limits.max_inflight)))
         self.inflight += 1
         try:
+            if small and self.inflight == 1 and not self.streams:
+                return fn()
             return await asyncio.get_event_loop().run_in_executor(self.pool, fn)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -173,7 +185,7 @@ class InferenceServicer(object):
             resp = prediction_response(rt, out)
             self._index(windows, rates, "Predict", labels=[rt.classes[int(i)] for i in out["label"]])
             return resp
-        return await self._unary(context, "Predict", run)
+        return await self._unary(context, "Predict", run, small=_small(request))
 
     async def Embed(self, request: Any, context: Any) -> Any:
         def run() -> Any:
@@ -191,7 +203,7 @@ class InferenceServicer(object):
                                     dim=int(out["embedding"].shape[1]), model_version=rt.version,
                                     model_name=rt.name, used_modalities=out["used"],
                                     dropped_modalities=out["dropped"], space="classifier")
-        return await self._unary(context, "Embed", run)
+        return await self._unary(context, "Embed", run, small=_small(request))
 
     async def StreamPredict(self, request_iterator: Any, context: Any) -> None:
         """A coroutine per stream: samples are windowed on the loop, each window runs in the executor."""
@@ -259,7 +271,7 @@ class InferenceServicer(object):
                     intra_op_threads=int(info["intra_op_threads"]), graph_optimization=info["graph_optimization"],
                     engine_cache=bool(info["engine_cache"])))
             return resp
-        return await self._unary(context, "Info", run)
+        return await self._unary(context, "Info", run, small=True)
 
     async def Search(self, request: Any, context: Any) -> Any:
         def run() -> Any:
