@@ -43,6 +43,8 @@ from shared.rpc.auth import TokenAuth
 from shared.rpc.runtime import Malformed
 
 log = logging.getLogger(__name__)
+# refusals that are states, not mistakes (busy; no model yet; not published yet): INFO, not WARNING
+_QUIET = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 SERVICE = "cosmo.v1.Inference"
 HEALTH = "grpc.health.v1.Health"
 DEFAULT_LISTEN = "127.0.0.1:0"
@@ -128,7 +130,7 @@ class InferenceServicer(object):
         if code == grpc.StatusCode.INTERNAL:
             log.error("%s failed", method, exc_info=(type(e), e, e.__traceback__))
         else:  # a client's mistake: one line, the client's strings escaped
-            log.log(logging.INFO if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.WARNING,
+            log.log(logging.INFO if code in _QUIET else logging.WARNING,
                     "%s from %s: %s %s", method, context.peer(), code.name, clip(details, 300))
         if len(details) > MAX_DETAILS:
             details = details[:MAX_DETAILS] + "..."

@@ -77,12 +77,12 @@ PYTHONPATH=. "$VPY" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestCon
   tests/shared/test_data.py
 
 if [ -x .venv/bin/python ]; then
-  echo "-- tests/edge/test_serving_no_torch.py (Python 3.6: serving without torch, on the TX2 stack)"
+  echo "-- tests/edge: serving without torch and the deploy files (Python 3.6, the TX2 stack)"
   fixture=$(mktemp -d)
   trap 'rm -rf "$fixture"' EXIT
   .venv/bin/python -m tests.edge.fixture "$fixture" > /dev/null 2>&1
   COSMO_EDGE_FIXTURE=$fixture PYTHONPATH=. "$VPY" -m pytest -q -p no:cacheprovider \
-    -W ignore::pytest.PytestConfigWarning tests/edge/test_serving_no_torch.py
+    -W ignore::pytest.PytestConfigWarning tests/edge/test_serving_no_torch.py tests/edge/test_deploy.py
 else
   echo "-- SKIP edge serving on 3.6: no .venv to build the model folder (bash scripts/setup.sh)"
 fi

@@ -61,7 +61,15 @@ def _serving(agent):
     return None if rt is None else int(rt.version)
 
 
-def test_pull_finetune_serve_swap_report_rollback(world, tmp_path):
+def test_pull_finetune_serve_swap_report_rollback(world, tmp_path, monkeypatch):
+    import edge.agent
+    loads = []  # folders the agent loads a Runtime from: the verified one must be the one that serves
+    original = edge.agent.Runtime.load
+
+    def counting(folder, *a, **k):
+        loads.append(os.path.basename(folder.rstrip("/")))
+        return original(folder, *a, **k)
+    monkeypatch.setattr(edge.agent.Runtime, "load", staticmethod(counting))
     ch = grpc.insecure_channel("127.0.0.1:{}".format(world["port"]))
     state = str(tmp_path / "state")
     cfg = Stage2Config(epochs=4, t_iter=2, batch_size=4, device="cpu")
@@ -110,6 +118,9 @@ def test_pull_finetune_serve_swap_report_rollback(world, tmp_path):
         done.set()
         th.join(10)
         assert not failures and calls[0] > 0 and versions == {1, 2}
+        # loaded once per install (on a TX2: one TensorRT engine build), then served as verified
+        assert loads.count(".v1.partial") == 1 and loads.count(".v2.partial") == 1, loads
+        assert "v1" not in loads and "v2" not in loads, loads
 
         reports = world["srv"].registry.list_reports(name="tiny")
         assert {r["version"] for r in reports} == {1, 2}

@@ -123,8 +123,16 @@ def test_inference_token_health_open_reflection_closed(model, tmp_path):
         code, _ = _code(lambda: next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
             list_services="")]), timeout=TIMEOUT)))
         assert code == grpc.StatusCode.UNAUTHENTICATED
-        ok = rpc.InferenceStub(connect(target, token="t0ken"))
-        assert len(ok.Predict(req, timeout=TIMEOUT).predictions) == 2
+        import shared.rpc.auth as auth
+        compared = []
+        real = auth.hmac.compare_digest
+        auth.hmac.compare_digest = lambda a, b: compared.append(1) or real(a, b)  # constant-time, every call
+        try:
+            ok = rpc.InferenceStub(connect(target, token="t0ken"))
+            assert len(ok.Predict(req, timeout=TIMEOUT).predictions) == 2
+        finally:
+            auth.hmac.compare_digest = real
+        assert compared
     finally:
         server.stop(None)
 
@@ -224,6 +232,24 @@ def test_streams_cannot_starve_predict_or_health(model):
         for c in calls:
             c.cancel()
         server.stop(None)
+
+
+def test_engine_cache_keyed_by_model_and_device(model, tmp_path):
+    from edge.runtime import SessionSettings, device_key
+    from shared.manifest import sha256_file
+    built, _ = model
+    onnx = os.path.join(built["dir"], "model.onnx")
+    s = SessionSettings(engine_cache=str(tmp_path / "cache"))
+    trt, cpu = s.provider_list(["TensorrtExecutionProvider", "CPUExecutionProvider"], onnx)
+    assert cpu == "CPUExecutionProvider" and trt[0] == "TensorrtExecutionProvider"
+    assert trt[1]["trt_engine_cache_enable"] is True
+    assert trt[1]["trt_engine_cache_path"] == str(tmp_path / "cache" / "{}-{}".format(sha256_file(onnx)[:16],
+                                                                                      device_key()))
+    assert os.path.isdir(trt[1]["trt_engine_cache_path"])
+    assert SessionSettings().provider_list(["TensorrtExecutionProvider"], onnx) == ["TensorrtExecutionProvider"]
+    with pytest.raises(Exception) as e:
+        SessionSettings(graph_optimization="max")
+    assert "--graph-optimization" in str(e.value)
 
 
 def test_relative_state_dir_stored_absolute(model, tmp_path, monkeypatch):
