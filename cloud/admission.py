@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from shared.errors import status_details
+
 from .registry import MAX_CHUNK_SIZE, InvalidArgument
 
 MiB = 1 << 20
@@ -142,7 +144,6 @@ class PeerGone(Exception):
     """The call can no longer be answered (the client vanished while a write or the status was pending)."""
 
 
-MAX_DETAILS = 1024  # characters of a status text
 STALLED_ABORT_WAIT_S = 0.5  # a status queued behind data a stalled reader never takes is not waited for longer
 
 
@@ -152,8 +153,7 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, detail
     With ``wait_s`` (a stalled reader: the status is queued behind data it does not take) it does not wait
     longer than that for the status to go out: it is still delivered if the reader ever reads on, and the
     handler and its slot are freed now."""
-    if len(details) > MAX_DETAILS:  # an echoed client value must not push the status past the metadata limit
-        details = details[:MAX_DETAILS] + "..."
+    details = status_details(details)
     try:
         if wait_s is None:
             await context.abort(code, details)

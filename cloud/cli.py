@@ -302,12 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ready-file", help="write the bound port here once serving")
     from .admission import ServerLimits
     from .registry import Retention
-    for cls, flags in ((ServerLimits, _LIMIT_FLAGS), (Retention, _RETENTION_FLAGS)):
-        defaults = cls()
-        for f, text in flags.items():
-            value = getattr(defaults, f)
-            sv.add_argument("--" + f.replace("_", "-"), type=type(value), default=value,
-                            help="{} (default {})".format(text, value))
+    from shared.flags import add_field_flags
+    add_field_flags(sv, ServerLimits(), _LIMIT_FLAGS)
+    add_field_flags(sv, Retention(), _RETENTION_FLAGS)
     sv.add_argument("--prune-interval-s", type=float, default=600.0,
                     help="seconds between retention passes (0: never; default 600)")
     sv.add_argument("--scrub-interval-s", type=float, default=6 * 3600.0,

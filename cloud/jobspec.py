@@ -158,7 +158,6 @@ def validate(kind: str, dataset: str, config_json: str, datasets_dir: Optional[s
     else:
         from shared.training.stage1 import Stage1Config
         resolved = config_from_dict(Stage1Config, cfg, where="config_json")
-    resolved.check()
     pick_device(resolved.device)  # "cuda" on a server without CUDA fails here, not in the worker
     return {"job": job, "stage1": cfg, "resolved": resolved, "dataset": path}
 

@@ -18,6 +18,7 @@ from shared.training.common import config_dict, dataset_hash, load_config, stabl
 from shared.training.stage1 import ENCODERS, Stage1Config, load_encoder_bundle, pretrain
 
 from .flags import add_stage1_args  # noqa: F401  (re-exported for cloud.ddp_pretrain)
+from .jobspec import DEFAULT_LABEL_RATE
 from .quality import QualityReport, encoder_features, raw_features, score_quality
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def run_pretrain(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional
             on_progress(kw)
 
     if label_rate is None and labels_per_class is None:
-        label_rate = 0.01
+        label_rate = DEFAULT_LABEL_RATE
     prep_args = {"dataset": dataset, "label_rate": label_rate, "labels_per_class": labels_per_class,
                  "seed": cfg.seed, "split_seed": split_seed}
     report(stage="prepare", message="loading {}".format(dataset))

@@ -315,12 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--listen-tls-ca", help="with cert + key: require client certificates signed by this CA")
         sp.add_argument("--insecure", action="store_true",
                         help="allow a --listen address other hosts can reach without a token or TLS")
+        from shared.flags import add_field_flags
+
         from .service import EdgeLimits
-        defaults = EdgeLimits()
-        for f, text in _LIMIT_FLAGS.items():
-            value = getattr(defaults, f)
-            sp.add_argument("--" + f.replace("_", "-"), type=type(value), default=value,
-                            help="{} (default {})".format(text, value))
+        add_field_flags(sp, EdgeLimits(), _LIMIT_FLAGS)
         sp.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per inference (0: one per core)")
         sp.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],

@@ -37,7 +37,7 @@ from edge.holders import AlignedHolder, ModelHolder
 from edge.runtime import InputError, Runtime
 from edge.wire import TooLarge, Windower, decode_windows, prediction_response
 from shared import rpc
-from shared.errors import CosmoError, clip
+from shared.errors import CosmoError, clip, status_details
 from shared.rpc import pb
 from shared.rpc.auth import TokenAuth
 from shared.rpc.runtime import Malformed
@@ -49,7 +49,6 @@ SERVICE = "cosmo.v1.Inference"
 HEALTH = "grpc.health.v1.Health"
 DEFAULT_LISTEN = "127.0.0.1:0"
 MiB = 1 << 20
-MAX_DETAILS = 1024  # characters of a status text
 INLINE_WINDOWS = 4  # a call with at most this many windows may run on the loop (see InferenceServicer._unary)
 
 
@@ -132,9 +131,7 @@ class InferenceServicer(object):
         else:  # a client's mistake: one line, the client's strings escaped
             log.log(logging.INFO if code in _QUIET else logging.WARNING,
                     "%s from %s: %s %s", method, context.peer(), code.name, clip(details, 300))
-        if len(details) > MAX_DETAILS:
-            details = details[:MAX_DETAILS] + "..."
-        await context.abort(code, details)
+        await context.abort(code, status_details(details))
 
     async def _unary(self, context: Any, method: str, fn: Callable[[], Any], small: bool = False) -> Any:
         """Admission (``max_inflight``), ``fn`` in the model executor, errors mapped. A ``small`` call (at

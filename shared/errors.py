@@ -21,3 +21,12 @@ def clip(value: object, limit: int = 80) -> str:
     if len(text) <= limit:
         return text
     return "{}...[{} chars]".format(text[:limit], len(text))
+
+
+MAX_STATUS_DETAILS = 1024  # characters of a gRPC status text
+
+
+def status_details(text: str) -> str:
+    """``text`` cut to ``MAX_STATUS_DETAILS`` characters for a status: an echoed client value must not push
+    the status past gRPC's metadata limit (the client would get RESOURCE_EXHAUSTED "Stream removed")."""
+    return text if len(text) <= MAX_STATUS_DETAILS else text[:MAX_STATUS_DETAILS] + "..."

@@ -32,6 +32,15 @@ def model(tmp_path_factory):
     return built, Runtime.load(built["dir"])
 
 
+@pytest.fixture()
+def served(model):
+    """(built, runtime, stub) of a plain Inference service on loopback."""
+    built, rt = model
+    server, port = serve_inference(ModelHolder(rt), "127.0.0.1:0")
+    yield built, rt, rpc.InferenceStub(grpc.insecure_channel("127.0.0.1:{}".format(port)))
+    server.stop(None)
+
+
 def _code(fn):
     try:
         fn()
@@ -163,43 +172,33 @@ def test_exposed_listen_refused_without_credentials_and_socket_private(model, tm
         server.stop(None)
 
 
-def test_huge_finite_values_refused_never_nan(model):
-    built, rt = model
-    server, port = serve_inference(ModelHolder(rt), "127.0.0.1:0")
-    stub = rpc.InferenceStub(grpc.insecure_channel("127.0.0.1:{}".format(port)))
-    try:
-        for value in (3e38, -3e38, 1e30):
-            w = raw_windows(built, 2)
-            w["gyro"][:] = value
-            w["gyro"][:, ::2] = 0.0  # not flat
-            for call in (stub.Predict, stub.Embed):
-                code, details = _code(lambda call=call, w=w: call(encode_windows(w), timeout=TIMEOUT))
-                assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("gyro:"), details
-        resp = stub.Predict(encode_windows(raw_windows(built, 2)), timeout=TIMEOUT)
-        assert all(np.isfinite(p.beta).all() and np.isfinite(p.proba).all() for p in resp.predictions)
-    finally:
-        server.stop(None)
+def test_huge_finite_values_refused_never_nan(served):
+    built, rt, stub = served
+    for value in (3e38, -3e38, 1e30):
+        w = raw_windows(built, 2)
+        w["gyro"][:] = value
+        w["gyro"][:, ::2] = 0.0  # not flat
+        for call in (stub.Predict, stub.Embed):
+            code, details = _code(lambda call=call, w=w: call(encode_windows(w), timeout=TIMEOUT))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("gyro:"), details
+    resp = stub.Predict(encode_windows(raw_windows(built, 2)), timeout=TIMEOUT)
+    assert all(np.isfinite(p.beta).all() and np.isfinite(p.proba).all() for p in resp.predictions)
 
 
-def test_raw_and_repeated_forms_agree_and_malformed_raw_refused(model):
-    built, rt = model
-    server, port = serve_inference(ModelHolder(rt), "127.0.0.1:0")
-    stub = rpc.InferenceStub(grpc.insecure_channel("127.0.0.1:{}".format(port)))
-    try:
-        w = raw_windows(built, 3)
-        compact = stub.Predict(encode_windows(w), timeout=TIMEOUT)
-        old = stub.Predict(pb.PredictRequest(windows=[pb.ModalityWindows(
-            modality=m, shape=list(a.shape), data=a.ravel().tolist()) for m, a in w.items()]), timeout=TIMEOUT)
-        assert [list(p.proba) for p in compact.predictions] == [list(p.proba) for p in old.predictions]
-        a = w["acc"]
-        for bad in (pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.tobytes()[:-1]),
-                    pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.tobytes()[:-4]),
-                    pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.astype("<f4").tobytes(),
-                                       data=[1.0])):
-            code, details = _code(lambda bad=bad: stub.Predict(pb.PredictRequest(windows=[bad]), timeout=TIMEOUT))
-            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("acc:"), details
-    finally:
-        server.stop(None)
+def test_raw_and_repeated_forms_agree_and_malformed_raw_refused(served):
+    built, rt, stub = served
+    w = raw_windows(built, 3)
+    compact = stub.Predict(encode_windows(w), timeout=TIMEOUT)
+    old = stub.Predict(pb.PredictRequest(windows=[pb.ModalityWindows(
+        modality=m, shape=list(a.shape), data=a.ravel().tolist()) for m, a in w.items()]), timeout=TIMEOUT)
+    assert [list(p.proba) for p in compact.predictions] == [list(p.proba) for p in old.predictions]
+    a = w["acc"]
+    for bad in (pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.tobytes()[:-1]),
+                pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.tobytes()[:-4]),
+                pb.ModalityWindows(modality="acc", shape=list(a.shape), raw=a.astype("<f4").tobytes(),
+                                   data=[1.0])):
+        code, details = _code(lambda bad=bad: stub.Predict(pb.PredictRequest(windows=[bad]), timeout=TIMEOUT))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("acc:"), details
 
 
 def test_streams_cannot_starve_predict_or_health(model):
