@@ -21,6 +21,8 @@ import grpc
 
 from shared.errors import CosmoError
 
+from shared.flags import finish_cli, positive
+
 from .flags import add_stage1_args
 
 log = logging.getLogger("cloud")
@@ -142,7 +144,12 @@ def _print_job(j: Any) -> None:
 def cmd_submit(a: argparse.Namespace) -> int:
     from shared.client import submit_job, wait_job
     from shared.rpc import pb
-    config = json.loads(a.config_json) if a.config_json else {}
+    try:
+        config = json.loads(a.config_json) if a.config_json else {}
+    except ValueError as e:
+        raise CosmoError("--config-json: not valid JSON ({})".format(e)) from None
+    if not isinstance(config, dict):
+        raise CosmoError("--config-json: must be a JSON object, e.g. '{\"epochs\": 20}'")
     ch = _channel(a)
     j = submit_job(ch, a.kind, a.dataset, config)
     _print_job(j)
@@ -153,9 +160,25 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_job(a: argparse.Namespace) -> int:
+    """job / cancel / watch ID (the id or a unique prefix of it, as `submit` and `jobs` print it)."""
+    from shared.client import wait_job
     from shared.rpc import TrainingStub, pb
-    stub = TrainingStub(_channel(a))
+    ch = _channel(a)
+    if a.command == "watch":
+        j = wait_job(ch, a.id, on_update=_print_job)
+        return 0 if j.state == pb.Job.SUCCEEDED else 1
+    stub = TrainingStub(ch)
     _print_job((stub.CancelJob if a.command == "cancel" else stub.GetJob)(pb.JobRef(id=a.id)))
+    return 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from shared.rpc import TrainingStub, pb
+    resp = TrainingStub(_channel(a)).ListJobs(pb.ListJobsRequest(
+        states=[pb.Job.State.Value(s) for s in a.state or []], limit=a.limit))
+    for j in resp.jobs:
+        print("{} {:<9} {:<8} {:<20} {} {}".format(j.id[:8], pb.Job.State.Name(j.state), j.kind, j.dataset[:20],
+                                                  j.created_at, j.error or j.progress.message), flush=True)
     return 0
 
 
@@ -181,6 +204,10 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_registry(a: argparse.Namespace) -> int:
     """Local administration of a registry data dir (the daemon may be running: SQLite WAL, atomic ops)."""
     from .registry import Registry, RegistryError
+    from .registry.db import DB_FILE
+    if not os.path.isfile(os.path.join(a.data_dir, DB_FILE)):
+        raise CosmoError("--data-dir {}: no registry there (cloud-server serve --data-dir creates one)".format(
+            a.data_dir))
     reg = Registry(a.data_dir)
     try:
         if a.action == "list":
@@ -321,10 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--config-json", default="{}", help='e.g. \'{"epochs": 20, "label_rate": 0.01}\'')
     sb.add_argument("--wait", action="store_true", help="follow progress until the job ends")
     sb.set_defaults(func=cmd_submit)
-    for verb in ("job", "cancel"):
-        jb = client(sub.add_parser(verb, help="show a job" if verb == "job" else "cancel a job"))
-        jb.add_argument("id")
+    for verb, text in (("job", "show a job"), ("cancel", "cancel a job"), ("watch", "follow a job until it ends")):
+        jb = client(sub.add_parser(verb, help=text))
+        jb.add_argument("id", help="the job id or a unique prefix of it (the 8 characters `submit` prints)")
         jb.set_defaults(func=cmd_job)
+    js = client(sub.add_parser("jobs", help="list jobs, newest first"))
+    js.add_argument("--state", nargs="*", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    js.add_argument("--limit", type=positive(int), default=20)
+    js.set_defaults(func=cmd_jobs)
     ls = client(sub.add_parser("models", help="list published model versions"))
     ls.add_argument("--name")
     ls.set_defaults(func=cmd_models)
@@ -381,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("version", type=int)
     rsub.add_parser("gc", help="remove blobs no version references")
     rg.set_defaults(func=cmd_registry)
+    finish_cli(p, "cloud-server")
     return p
 
 

@@ -1,6 +1,8 @@
 """Command-line flags shared by several entry points; argparse only, so building a parser imports no torch."""
 from typing import Any
 
+from shared.flags import fraction, positive
+
 
 def add_stage1_args(p: Any) -> None:
     """The stage-1 flags shared by ``cloud-server pretrain`` and ``cloud.ddp_pretrain``."""
@@ -16,8 +18,8 @@ def add_stage1_args(p: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--label-rate", type=float, help="fraction of training windows held out as labeled (default 0.01)")
-    g.add_argument("--labels-per-class", type=int, help="labeled windows per class held out")
+    g.add_argument("--label-rate", type=fraction, help="fraction of training windows held out as labeled (default 0.01)")
+    g.add_argument("--labels-per-class", type=positive(int), help="labeled windows per class held out")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true")

@@ -179,8 +179,10 @@ class JobRunner(object):
         return created
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
+        """Cancel the job ``job_id`` (or a unique prefix of it) names; returns it."""
         with self._lock:
             j = self.registry.get_job(job_id)
+            job_id = j["id"]
             if j["state"] in TERMINAL:
                 return j
             p = self._procs.pop(job_id, None)

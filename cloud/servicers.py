@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # refusals that are states, not mistakes (busy; no model yet; not published yet): INFO, not WARNING
 _QUIET = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
+MAX_LIST_JOBS = 1000  # jobs one ListJobs answers
 
 
 def _status(err: BaseException) -> grpc.StatusCode:
@@ -379,15 +380,27 @@ class TrainingServicer:
     async def CancelJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return serde.job(await self.blocking(self.runner.cancel, request.id))
 
+    @rpc("rpc")
+    async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = request.limit or 100
+        if not 0 < limit <= MAX_LIST_JOBS:
+            raise ValueError("field 'limit' must be in 1..{}, got {}".format(MAX_LIST_JOBS, request.limit))
+        states = [pb.Job.State.Name(s) for s in request.states] if request.states else None
+        if states and "STATE_UNSPECIFIED" in states:
+            raise ValueError("field 'states': STATE_UNSPECIFIED is not a job state")
+        jobs = await self.blocking(self.registry.list_jobs, states)
+        return pb.ListJobsResponse(jobs=[serde.job(dict(j, config_json="")) for j in reversed(jobs[-limit:])])
+
     @rpc("watch")
     async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         """The job now, then every update until it ends (updates of worker processes arrive through the
         registry's event log)."""
+        job_id = await self.blocking(self.registry.resolve_job_id, request.id)
         ready = asyncio.Event()
-        sub = self.registry.subscribe_jobs(request.id or None, notify=waker(asyncio.get_running_loop(), ready))
+        sub = self.registry.subscribe_jobs(job_id, notify=waker(asyncio.get_running_loop(), ready))
         stream = Stream(context, self.limits)
         try:
-            j = await self.blocking(self.registry.get_job, request.id)
+            j = await self.blocking(self.registry.get_job, job_id)
             config_json = j["config_json"]  # not in the events (it never changes)
             await stream.send(serde.job(j))
             while j["state"] not in TERMINAL_STATES:

@@ -36,7 +36,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     from .finetune import run_finetune, summarize
     overrides = {"epochs": a.epochs, "t_iter": a.t_iter, "encoder_lr": a.encoder_lr,
                  "classifier_lr": a.classifier_lr, "seed": a.seed, "fusion": a.fusion, "lam": a.lam,
-                 "schedule": a.schedule, "device": a.device}
+                 "schedule": a.schedule, "device": a.device, "modality_dropout": a.modality_dropout}
     cfg = load_config(Stage2Config, a.config, overrides)
     m = run_finetune(a.model, a.labels, a.out, cfg, pretrained=a.pretrained, use_quality=not a.no_quality,
                      progress=not a.no_progress)
@@ -79,7 +79,9 @@ def cmd_labels(a: argparse.Namespace) -> int:
     return 0
 
 
-def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
+def _agent(a: argparse.Namespace, channel: bool = True, existing: bool = False) -> Any:
+    """The agent of ``--state-dir``; ``existing``: the folder must exist already (commands that only read
+    it), else it is created (and said so)."""
     from shared.client import connect_link
 
     from .agent import Agent
@@ -94,6 +96,10 @@ def _agent(a: argparse.Namespace, channel: bool = True) -> Any:
         raise CosmoError("--config {}: file not found".format(a.config))
     ch = connect_link(a, a.cloud) if channel and getattr(a, "cloud", None) else None
     state_dir = os.path.abspath(a.state_dir)
+    if not os.path.isdir(state_dir):
+        if existing:
+            raise CosmoError("--state-dir {}: no such folder (edge-agent run or pull creates it)".format(a.state_dir))
+        print("edge-agent: creating the state folder {}".format(state_dir), file=sys.stderr)
     settings = SessionSettings(intra_op_threads=getattr(a, "ort_threads", 0) or 0,
                                graph_optimization=getattr(a, "graph_optimization", None) or "all",
                                engine_cache=None if getattr(a, "no_engine_cache", False)
@@ -175,7 +181,7 @@ def cmd_pull(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    agent = _agent(a, channel=False)
+    agent = _agent(a, channel=False, existing=True)
     st = agent.state()
     for e in agent.installed():
         mark = "*" if st.get("serving") and st["serving"]["path"] == e["path"] else " "
@@ -196,7 +202,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    prev = _agent(a, channel=False).rollback()
+    prev = _agent(a, channel=False, existing=True).rollback()
     print("now serving {} v{} ({}); a running agent picks it up within a second".format(
         prev["name"], prev["version"], prev["path"]))
     return 0
@@ -212,6 +218,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from shared.rpc import InferenceStub, pb
 
     from .wire import encode_windows
+    ds = MultimodalDataset.load(a.windows)
+    idx = np.random.RandomState(a.seed).choice(len(ds), min(a.n, len(ds)), replace=False)
+    drop = set(a.drop or [])
+    if drop - set(ds.modalities):
+        raise CosmoError("--drop {}: {} has no such modality (it has {})".format(
+            " ".join(sorted(drop - set(ds.modalities))), a.windows, ", ".join(ds.modalities)))
+    if drop >= set(ds.modalities):
+        raise CosmoError("--drop: leaves no modality to predict from")
     stub = InferenceStub(connect_link(a, a.server))
     deadline = time.time() + a.wait
     while True:
@@ -223,9 +237,6 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                                           grpc.StatusCode.UNAVAILABLE):
                 raise
             time.sleep(1.0)
-    ds = MultimodalDataset.load(a.windows)
-    idx = np.random.RandomState(a.seed).choice(len(ds), min(a.n, len(ds)), replace=False)
-    drop = set(a.drop or [])
     correct, t0, preds = 0, time.time(), []
     for start in range(0, len(idx), a.batch):
         b = idx[start:start + a.batch]
@@ -272,6 +283,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from shared.client import add_link_args
+    from shared.flags import finish_cli, fraction, positive
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--schedule", choices=["iterative", "joint", "frozen"])
     f.add_argument("--seed", type=int)
     f.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    f.add_argument("--modality-dropout", type=float,
+                   help="probability that a training window loses one modality (graceful sensor loss)")
     f.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="ablation: random encoders of the same architecture instead of the shipped ones")
     f.add_argument("--no-quality", action="store_true", help="ignore the manifest's quality scores")
@@ -337,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--edge-id", default="")
     r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")
-    r.add_argument("--watts", type=float, default=5.0,
+    r.add_argument("--watts", type=positive(float), default=5.0,
                    help="for the energy estimate reported to the cloud: CPU seconds x this (no meter is read)")
     r.add_argument("--aligned-model", default="",
                    help="also follow this aligned (IMU <-> text) model, e.g. cosmo-aligned: enables Search")
@@ -363,27 +377,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
     pr = client(sub.add_parser("predict", help="client: send saved windows to the Inference service, print accuracy"))
     pr.add_argument("--windows", required=True, help="a saved dataset (.npz), e.g. LABELS/test.npz")
-    pr.add_argument("--n", type=int, default=200, help="windows to send (random, seeded)")
-    pr.add_argument("--batch", type=int, default=64)
+    pr.add_argument("--n", type=positive(int), default=200, help="windows to send (random, seeded)")
+    pr.add_argument("--batch", type=positive(int), default=64)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--show", type=int, default=5, help="predictions to print")
     pr.add_argument("--drop", nargs="*", help="leave these modalities out (sensor off)")
-    pr.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a model to be served")
+    pr.add_argument("--wait", type=positive(float, zero=True), default=0.0,
+                    help="seconds to wait for a model to be served")
     pr.set_defaults(func=cmd_predict)
     se = client(sub.add_parser("search", help="client: windows most similar to a text, from the Search RPC"))
     se.add_argument("--text", required=True, help='what to look for, e.g. "walking upstairs"')
-    se.add_argument("-k", type=int, default=5, help="hits to print")
+    se.add_argument("-k", type=positive(int), default=5, help="hits to print")
     se.add_argument("--timeout", type=float, default=30.0)
     se.set_defaults(func=cmd_search)
     lb = sub.add_parser("labels", help="write labeled/val/test windows for finetune from a dataset")
     lb.add_argument("--dataset", default="hapt")
     lb.add_argument("--out", required=True)
     g = lb.add_mutually_exclusive_group()
-    g.add_argument("--label-rate", type=float)
-    g.add_argument("--labels-per-class", type=int)
+    g.add_argument("--label-rate", type=fraction, help="fraction of training windows labeled (default 0.01)")
+    g.add_argument("--labels-per-class", type=positive(int), help="labeled windows per class")
     lb.add_argument("--seed", type=int, default=0, help="label sampling seed (use the cloud job's seed)")
     lb.add_argument("--split-seed", type=int, default=0)
     lb.set_defaults(func=cmd_labels)
+    finish_cli(p, "edge-agent")
     return p
 
 

@@ -78,6 +78,9 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
                "quality_q": q, "config": config_dict(config)}
     if "test" in splits:
         metrics["test"] = evaluate(res["model"], splits["test"])
+        if len(splits["test"].modalities) > 1:  # graceful sensor loss: each modality switched off in turn
+            metrics["test_without"] = {m: evaluate(res["model"], splits["test"], drop=(m,))["accuracy"]
+                                       for m in splits["test"].modalities}
     os.makedirs(out_dir, exist_ok=True)
     save_torch_atomic({"format": "cosmo-har/finetuned", "state_dict": res["model"].state_dict(),
                        "config": config_dict(config), "manifest_version": manifest["version"],
@@ -102,6 +105,9 @@ def summarize(m: Dict[str, Any]) -> str:
     if "test" in m:
         t = m["test"]
         lines.append("test:       accuracy {:.4f}  macro-F1 {:.4f}".format(t["accuracy"], t["macro_f1"]))
+        if m.get("test_without"):
+            lines.append("test accuracy with one sensor off: " + ", ".join(
+                "without {} {:.4f}".format(mod, acc) for mod, acc in m["test_without"].items()))
         lines.append("mean attention beta on test: " + ", ".join(
             "{} {:.3f}".format(mod, b) for mod, b in zip(m["modalities"], t["beta_mean"])))
         cm = np.asarray(t["confusion"])

@@ -1,15 +1,60 @@
-"""Command-line flags made from a settings dataclass: one flag per field, its default and type taken from
-the dataclass, so a limit has one definition (the field) and one documented default (``--help``)."""
+"""Command-line helpers both CLIs share: flags made from a settings dataclass (one flag per field, its
+default and type taken from the dataclass, so a limit has one definition and one documented default),
+number types whose errors name the flag, ``--version`` and ``-v`` after the subcommand."""
 import argparse
 from typing import Any, Dict
 
 
 def add_field_flags(parser: argparse.ArgumentParser, defaults: Any, helps: Dict[str, str]) -> None:
-    """``--field-name`` for every ``helps`` key (a field of ``defaults``, a dataclass instance)."""
+    """``--field-name`` for every ``helps`` key (a field of ``defaults``, a dataclass instance); values must
+    be > 0 like every limit (``positive``)."""
     for name, text in helps.items():
         value = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
+        parser.add_argument("--" + name.replace("_", "-"), type=positive(type(value)), default=value,
                             help="{} (default {})".format(text, value))
 
 
-__all__ = ["add_field_flags"]
+def finish_cli(parser: argparse.ArgumentParser, prog: str) -> None:
+    """What both CLIs share: ``--version``, and ``-v`` accepted after the subcommand too (``cloud-server
+    serve -v``), on every subcommand at every depth."""
+    from . import __version__
+    parser.add_argument("--version", action="version", version="{} {}".format(prog, __version__))
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sp in action.choices.values():
+                    if not any("--verbose" in a.option_strings for a in sp._actions):
+                        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                        help="log at INFO level to stderr")
+                    walk(sp)
+    walk(parser)
+
+
+def positive(kind: type, zero: bool = False) -> Any:
+    """An argparse ``type`` for a number > 0 (``zero``: >= 0); argparse's error names the flag."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("{!r} is not a{} {}".format(
+                text, "n" if kind is int else "", "integer" if kind is int else "number")) from None
+        if not (v >= 0 if zero else v > 0) or v != v:
+            raise argparse.ArgumentTypeError("must be {} 0, got {}".format(">=" if zero else ">", text))
+        return v
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" wording stays
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type`` for a rate in (0, 1] (``--label-rate``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a number".format(text)) from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError("must be in (0, 1], got {}".format(text))
+    return v
+
+
+__all__ = ["add_field_flags", "finish_cli", "fraction", "positive"]

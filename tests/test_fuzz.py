@@ -90,6 +90,8 @@ def _cloud_requests(rng, reg, train):
     yield lambda: train.GetJob(pb.JobRef(id=s()), timeout=DEADLINE), "unary"
     yield lambda: train.CancelJob(pb.JobRef(id=s()), timeout=DEADLINE), "unary"
     yield lambda: train.WatchJob(pb.JobRef(id=s()), timeout=DEADLINE), "stream"
+    yield (lambda: train.ListJobs(pb.ListJobsRequest(states=[rng.choice([0, 1, 5, 6, 99, -1])], limit=_int32(rng)),
+                                  timeout=DEADLINE), "unary")
 
 
 def _windows(rng):
@@ -196,7 +198,7 @@ def test_fuzz_both_daemons(tmp_path, caplog):
     anon = {t: grpc.insecure_channel(t) for t in (ctarget, etarget)}
     cloud_methods = ["/cosmo.v1.ModelRegistry/" + m for m in ("ListModels", "GetManifest", "Download",
                                                               "ReportMetrics")] + \
-        ["/cosmo.v1.Training/" + m for m in ("SubmitJob", "GetJob", "CancelJob")]
+        ["/cosmo.v1.Training/" + m for m in ("SubmitJob", "GetJob", "CancelJob", "ListJobs")]
     edge_methods = ["/cosmo.v1.Inference/" + m for m in ("Predict", "Embed", "Info", "Search")]
     failures, tally, sent = [], {}, 0
     try:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from shared.errors import clip
+
 from .errors import Conflict, InvalidArgument, NotFound
 from .limits import MAX_CONFIG_BYTES, MAX_DATASET_CHARS
 from .validation import _check_name, _check_text, _check_version, _dumps, _plain_json, _utc_now
@@ -24,6 +26,7 @@ ACTIVE_STATES = frozenset({"QUEUED", "RUNNING"})
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 JOB_FIELDS = ("state", "progress", "error", "model_name", "model_version")
 RESTART_ERROR = "interrupted by server restart"
+MIN_JOB_PREFIX = 4  # hex digits of a job id that may stand for it
 
 
 class Jobs:
@@ -82,9 +85,26 @@ class Jobs:
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """``{id, kind, dataset, config_json, state, progress (dict or None), error, model_name,
-        model_version, created_at, updated_at}``; ``NotFound`` naming the id."""
-        _check_text(job_id, "id", max_len=64)
-        return self._job(self._conn(), job_id)
+        model_version, created_at, updated_at}``; ``NotFound`` naming the id. ``job_id`` may be a unique
+        prefix of at least ``MIN_JOB_PREFIX`` hex digits (what the CLI prints)."""
+        return self._job(self._conn(), self.resolve_job_id(job_id))
+
+    def resolve_job_id(self, ref: str) -> str:
+        """The full id of the job ``ref`` names (itself, or a unique prefix); ``NotFound`` / ``InvalidArgument``
+        (too short, not hex, ambiguous) naming the field ``id``."""
+        _check_text(ref, "id", max_len=64)
+        if len(ref) == 32:
+            return ref
+        if len(ref) < MIN_JOB_PREFIX or any(ch not in "0123456789abcdef" for ch in ref):
+            raise InvalidArgument("id", "{} is neither a job id nor a prefix of at least {} hex digits".format(
+                clip(ref), MIN_JOB_PREFIX))
+        rows = self._conn().execute("SELECT id FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                    (len(ref), ref)).fetchall()
+        if not rows:
+            raise NotFound("job {!r} not found".format(ref))
+        if len(rows) > 1:
+            raise InvalidArgument("id", "prefix {!r} matches several jobs; give more digits".format(ref))
+        return rows[0][0]
 
     def list_jobs(self, states: Sequence[str] | str | None = None) -> list[dict[str, Any]]:
         """Jobs (in the given states, or all), oldest first."""

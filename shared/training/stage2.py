@@ -35,6 +35,10 @@ class Stage2Config:
     signal (``"encoders"`` gives the paper's order). ``fusion="concat"``: on HAPT acc + gyro,
     ConcatAttn beat SumAttn (87.4 % vs 81.5 % test at 1 % labels, seed 0), since the accelerometer
     carries posture that the gyroscope does not.
+
+    ``modality_dropout``: the probability that a training window loses one of its modalities (chosen at
+    random; never all of them): its input is zeroed and it is masked out of the attention exactly as a
+    sensor that is off at serving time, so the model learns to predict from any non-empty subset.
     """
 
     epochs: int = 100
@@ -54,10 +58,14 @@ class Stage2Config:
     dropout: float = 0.2
     jitter: float = 0.05
     scale: float = 0.1
+    modality_dropout: float = 0.0
     seed: int = 0
     device: str = "auto"
 
     def check(self) -> None:
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError("stage2: field 'modality_dropout' must be in [0, 1), got {}".format(
+                self.modality_dropout))
         if self.epochs < 1 or self.t_iter < 1:
             raise ConfigError("stage2: fields 'epochs' and 't_iter' must be >= 1, got {} and {}".format(
                 self.epochs, self.t_iter))
@@ -115,22 +123,44 @@ def _set_trainable(module: nn.Module, on: bool) -> None:
                 sub.train(True)
 
 
+def drop_modalities(xs: List[torch.Tensor], present: torch.Tensor) -> List[torch.Tensor]:
+    """Zero the inputs of the modalities not ``present`` ``[B, M]`` (what serving does for a sensor that is off)."""
+    return [x * present[:, j].to(x.dtype)[:, None, None] for j, x in enumerate(xs)]
+
+
+def random_present(batch: int, modalities: int, p: float, rng: np.random.RandomState) -> np.ndarray:
+    """``[B, M]`` bool: with probability ``p`` a window loses one modality chosen at random (never all)."""
+    present = np.ones((batch, modalities), bool)
+    if modalities > 1 and p > 0:
+        rows = np.flatnonzero(rng.rand(batch) < p)
+        present[rows, rng.randint(0, modalities, size=len(rows))] = False
+    return present
+
+
 @torch.no_grad()
 def predict(model: CosmoModel, ds: MultimodalDataset, batch_size: int = 512,
-            device: Optional[torch.device] = None) -> Dict[str, np.ndarray]:
-    """Class probabilities ``[N, K]`` and attention weights ``beta [N, M]`` for every window."""
+            device: Optional[torch.device] = None, drop: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """Class probabilities ``[N, K]`` and attention weights ``beta [N, M]`` for every window; ``drop``:
+    modalities treated as switched off (zeroed and masked)."""
     device = device or next(model.parameters()).device
     model.eval()
     probs, betas = [], []
+    keep = torch.tensor([m not in drop for m in ds.modalities], device=device)
     for idx in iterate_batches(len(ds), batch_size, shuffle=False):
-        logits, beta = model(to_tensors(ds, idx, device))
+        xs = to_tensors(ds, idx, device)
+        if drop:
+            present = keep[None, :].expand(len(idx), -1)
+            logits, beta = model(drop_modalities(xs, present), present)
+        else:
+            logits, beta = model(xs)
         probs.append(F.softmax(logits, 1).cpu().numpy())
         betas.append(beta.cpu().numpy())
     return {"proba": np.concatenate(probs), "beta": np.concatenate(betas)}
 
 
-def evaluate(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    out = predict(model, ds, device=device)
+def evaluate(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.device] = None,
+             drop: Sequence[str] = ()) -> Dict[str, Any]:
+    out = predict(model, ds, device=device, drop=drop)
     m = accuracy_f1(ds.labels, out["proba"].argmax(1), ds.num_classes)
     p = np.clip(out["proba"][np.arange(len(ds)), ds.labels], 1e-12, 1.0)
     m["loss"] = float(-np.log(p).mean())
@@ -189,7 +219,11 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
             if len(idx) < 2 and phase in ("encoders", "both"):
                 continue  # BatchNorm cannot train on a single window
             xs = augment([x[idx] for x in xs_all], config.jitter, config.scale)
-            logits, _ = model(xs)
+            if config.modality_dropout > 0:
+                present = torch.from_numpy(random_present(len(idx), len(xs), config.modality_dropout, rng)).to(device)
+                logits, _ = model(drop_modalities(xs, present), present)
+            else:
+                logits, _ = model(xs)
             loss = F.cross_entropy(logits, y_all[idx])
             for o in opts:
                 o.zero_grad()

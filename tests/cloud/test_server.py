@@ -293,3 +293,27 @@ def test_tls_and_mutual_tls(tmp_path):
         assert code == grpc.StatusCode.UNAVAILABLE  # no client certificate: the handshake fails
     finally:
         srv.stop(grace=1)
+
+
+def test_list_jobs_and_id_prefixes(server, capsys):
+    from cloud.cli import main as cloud_main
+    srv, ch = server
+    reg = srv.registry
+    a = reg.create_job("quality", "synthetic", "{}")
+    b = reg.create_job("quality", "synthetic", "{}")
+    reg.update_job(a["id"], state="CANCELLED")
+    stub = TrainingStub(ch)
+    jobs = stub.ListJobs(pb.ListJobsRequest()).jobs
+    assert [j.id for j in jobs[:2]] == [b["id"], a["id"]] and not jobs[0].config_json  # newest first
+    only = stub.ListJobs(pb.ListJobsRequest(states=[pb.Job.CANCELLED])).jobs
+    assert [j.id for j in only] == [a["id"]]
+    assert stub.GetJob(pb.JobRef(id=a["id"][:8])).id == a["id"]
+    for ref, code in (("ab", grpc.StatusCode.INVALID_ARGUMENT), ("zzzz", grpc.StatusCode.INVALID_ARGUMENT),
+                      ("0000000000", grpc.StatusCode.NOT_FOUND)):
+        assert _code(stub.GetJob, pb.JobRef(id=ref))[0] == code, ref
+    assert _code(stub.ListJobs, pb.ListJobsRequest(limit=5000))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    target = "127.0.0.1:{}".format(srv.port)
+    assert cloud_main(["jobs", "--server", target, "--state", "CANCELLED"]) == 0
+    assert capsys.readouterr().out.startswith(a["id"][:8] + " CANCELLED")
+    assert cloud_main(["cancel", b["id"][:8], "--server", target]) == 0
+    assert reg.get_job(b["id"])["state"] == "CANCELLED"
