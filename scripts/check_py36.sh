@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Python 3.6 check for the Jetson TX2 tier (docs DESIGN.md, "Compatibility tiers"): with a real 3.6
+# Python 3.6 check for the Jetson TX2 tier (docs/DESIGN.md, "Compatibility tiers"): with a real 3.6
 # interpreter, byte-compile shared/ and edge/, run the torch-free data tests (real HAPT included) and the
 # edge's serving tests (edge-agent serve on grpc.aio with grpcio 1.48.2 and onnxruntime 1.10, no torch in
 # the venv) against a model folder the main venv builds.

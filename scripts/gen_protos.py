@@ -2,7 +2,7 @@
 
 Why not checked-in ``*_pb2.py``: the gencode of today's grpcio-tools refuses the protobuf 3.19 runtime of
 the Jetson TX2 stack, and old gencode breaks on new runtimes. ``shared.rpc`` instead builds the message
-classes at import from this descriptor set with the runtime's own message factory (docs DESIGN.md,
+classes at import from this descriptor set with the runtime's own message factory (docs/DESIGN.md,
 "Compatibility tiers").
 
     python scripts/gen_protos.py            # rewrite shared/rpc/_descriptors.py

@@ -1,6 +1,6 @@
 """Energy meters behind one interface, and a monitor that meters a block of code.
 
-Meters (see REFERENCE.md, "Energy meters"):
+Meters (see docs/REFERENCE.md, "Energy meters"):
 
 - ``Ina3221Meter``: INA3221 sysfs on Jetson TX2 (L4T R32), board total = the ``VDD_IN`` rail (mW).
 - ``TegrastatsMeter``: ``tegrastats`` output on Jetson, board total = ``VDD_IN`` (mW).

@@ -1,6 +1,6 @@
 """The model manifest: what a published (or draft) model version is, as JSON.
 
-Fields (DESIGN.md "Wire contract"): name, version (monotonic int; 0 for a draft), aliases, created_at,
+Fields (docs/DESIGN.md, "Wire contract"): name, version (monotonic int; 0 for a draft), aliases, created_at,
 files [{path, kind, size, sha256}], per-modality input schema (channels, window length, sampling rate,
 units, layout, normalization statistics), classes, feature dim, quality scores, lineage (dataset and
 config hashes, parent version), metrics, minimum runtimes.

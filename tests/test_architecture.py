@@ -1,4 +1,4 @@
-"""Architecture rules (docs DESIGN.md, "Layout" and "Compatibility tiers").
+"""Architecture rules (docs/DESIGN.md, "Layout" and "Compatibility tiers").
 
 * ``cloud/`` and ``edge/`` import ``shared/``, never each other; ``shared/`` imports neither.
 * ``shared/`` and ``edge/`` use no torch API newer than torch 1.10 (the Jetson TX2 stack).
@@ -263,3 +263,26 @@ def test_shared_does_no_io_at_import(import_probe):
 def test_importing_shared_pulls_in_neither_app(import_probe):
     assert import_probe["apps_after_shared"] == []
     assert import_probe["apps_after_all"] == []
+
+
+def test_design_docs_live_in_the_repo():
+    """The project carries its own design docs, and no file cites one outside the repository."""
+    import re
+    for doc in ("docs/DESIGN.md", "docs/REFERENCE.md", "docs/security.md"):
+        assert os.path.getsize(os.path.join(ROOT, doc)) > 2000, doc
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    bad = []
+    for f in files:
+        if not f.endswith((".py", ".md", ".sh", ".toml", ".proto", ".service", ".example")):
+            continue
+        with open(os.path.join(ROOT, f), encoding="utf-8") as fh:
+            text = fh.read()
+        for m in re.finditer(r"[\w./`-]*(DESIGN|REFERENCE)\.md", text):
+            ref = m.group(0).strip("`")
+            local = (f.startswith("docs/") or f == "tests/test_architecture.py") and ref in ("DESIGN.md",
+                                                                                              "REFERENCE.md")
+            if not (ref.endswith("docs/" + m.group(1) + ".md") or local):
+                bad.append("{}: {}".format(f, ref))
+        if "../shared/" in text and f != "tests/test_architecture.py":
+            bad.append("{}: ../shared/".format(f))
+    assert not bad, bad

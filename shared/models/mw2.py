@@ -1,6 +1,6 @@
 """MW2-style IMU encoder (IMU2CLIP, Moon et al. 2022) and a linear projection to a text space.
 
-Released MW2 (see REFERENCE.md): ``GroupNorm(2, 6)`` on the raw input -> 3 x [Conv1d(32 channels,
+Released MW2 (see docs/REFERENCE.md): ``GroupNorm(2, 6)`` on the raw input -> 3 x [Conv1d(32 channels,
 kernels 10/5/5, dilation 2, no bias, no activation) -> MaxPool1d(3)] -> ``GroupNorm(4, 32)`` ->
 ``GRU(hidden 512, 1 layer)`` -> final hidden state (512-d, no projection head).
 

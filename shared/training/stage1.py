@@ -39,7 +39,7 @@ ENCODERS = "encoders.pt"
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """Stage-1 hyper-parameters (reference values in REFERENCE.md: SGD 0.01, batch 32, tau 0.07, P 9).
+    """Stage-1 hyper-parameters (reference values in docs/REFERENCE.md: SGD 0.01, batch 32, tau 0.07, P 9).
 
     ``input_views``: each window is encoded this many times, each copy with its own random scaling
     (``scale``) and jitter (``jitter``), and contributes ``num_views / input_views`` fused views; all

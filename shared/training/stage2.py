@@ -39,6 +39,8 @@ class Stage2Config:
     ``modality_dropout``: the probability that a training window loses one of its modalities (chosen at
     random; never all of them): its input is zeroed and it is masked out of the attention exactly as a
     sensor that is off at serving time, so the model learns to predict from any non-empty subset.
+    ``selection``: which validation accuracy picks the epoch kept: ``"full"`` (every modality present) or
+    ``"subsets"`` (the mean over every modality present and each one switched off in turn).
     """
 
     epochs: int = 100
@@ -59,10 +61,13 @@ class Stage2Config:
     jitter: float = 0.05
     scale: float = 0.1
     modality_dropout: float = 0.0
+    selection: str = "full"
     seed: int = 0
     device: str = "auto"
 
     def check(self) -> None:
+        if self.selection not in ("full", "subsets"):
+            raise ConfigError("stage2: field 'selection' must be 'full' or 'subsets', got {!r}".format(self.selection))
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError("stage2: field 'modality_dropout' must be in [0, 1), got {}".format(
                 self.modality_dropout))
@@ -234,12 +239,16 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
         vm = evaluate(model, val, device)
         history.append({"epoch": epoch, "phase": phase, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                         "val_accuracy": vm["accuracy"], "val_loss": vm["loss"], "val_macro_f1": vm["macro_f1"]})
-        if vm["accuracy"] > best["acc"] or (vm["accuracy"] == best["acc"] and vm["loss"] < best["loss"]):
-            best = {"acc": vm["accuracy"], "loss": vm["loss"], "epoch": epoch,
-                    "state": copy.deepcopy(model.state_dict())}
+        score = vm["accuracy"]
+        if config.selection == "subsets" and len(val.modalities) > 1:
+            score = float(np.mean([score] + [evaluate(model, val, device, drop=(m,))["accuracy"]
+                                             for m in val.modalities]))
+            history[-1]["val_accuracy_subsets"] = score
+        if score > best["acc"] or (score == best["acc"] and vm["loss"] < best["loss"]):
+            best = {"acc": score, "loss": vm["loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         if on_epoch is not None:
             on_epoch(history[-1], model)
-        bar.set_postfix(phase=phase[:3], val="{:.3f}".format(vm["accuracy"]), best="{:.3f}".format(best["acc"]))
+        bar.set_postfix(phase=phase[:3], val="{:.3f}".format(score), best="{:.3f}".format(best["acc"]))
     model.load_state_dict(best["state"])
     model.eval()
     for p in model.parameters():

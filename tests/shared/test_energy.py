@@ -65,7 +65,7 @@ def test_every_fixture_line_parses_with_vdd_in_as_board_total(name, line):
 
 def test_known_fixture_values_read_from_the_files():
     a = (FIXTURES / "tx2_jp4_a.txt").read_text()
-    assert "VDD_IN 3056/3056" in a  # the example REFERENCE.md quotes
+    assert "VDD_IN 3056/3056" in a  # the example docs/REFERENCE.md quotes
     assert board_total_mw(parse_tegrastats_line(a.splitlines()[0])) == 3056.0
     b = (FIXTURES / "tx2_jp4_b.txt").read_text().splitlines()[0]
     assert parse_tegrastats_line(b)["VDD_IN"] == vdd_in_from_text(b)

@@ -1,5 +1,5 @@
 """shared.rpc: the checked-in descriptor set matches protos/, messages, real servers on loopback, and the
-compatibility tier (docs DESIGN.md): the stubs load and interoperate on Python 3.6 + grpcio 1.48 +
+compatibility tier (docs/DESIGN.md): the stubs load and interoperate on Python 3.6 + grpcio 1.48 +
 protobuf 3.19 (C++ and pure Python) as well as on the newest runtime.
 
 This file is also the peer program the compatibility tests start in another interpreter, so it stays
@@ -36,7 +36,7 @@ BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
 # ------------------------------------------------------------------------------------ fake servicers
 
 class FakeRegistry(object):
-    """ModelRegistry that answers from constants (echo-like), with the status codes of DESIGN.md."""
+    """ModelRegistry that answers from constants (echo-like), with the status codes of docs/DESIGN.md."""
 
     def ListModels(self, request, context):
         name = request.name or "all"
