@@ -65,7 +65,8 @@ def engines(model_dir: str, windows: Dict[str, np.ndarray], n: int) -> Dict[str,
     import torch
 
     from edge.finetune import load_finetuned
-    from edge.runtime import ENCODERS, FINETUNED, Runtime, SessionSettings
+    from edge.runtime import Runtime, SessionSettings
+    from shared.contract import ENCODERS, FINETUNED
     rt = Runtime.load(model_dir, settings=SessionSettings(intra_op_threads=1))
     torch.set_num_threads(1)
     model = load_finetuned(os.path.join(model_dir, FINETUNED), os.path.join(model_dir, ENCODERS), rt.modalities,

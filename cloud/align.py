@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from shared.contract import (ALIGNED_INPUT, ALIGNED_KIND, ALIGNED_ONNX, ALIGNED_OUTPUT, ALIGNED_PT, KIND_CONFIG,
+                             KIND_ONNX, KIND_STATE_DICT, PROMPTS)
 from shared.data import load_named
 from shared.data.dataset import MultimodalDataset
 from shared.data.narration import narrate, phrases_for
@@ -137,7 +139,7 @@ def run_align(out: str, dataset: str, config: AlignConfig, text_encoder: TextEnc
                        "channels": int(x_tr.shape[2]), "text_dim": int(e_tr.shape[1]),
                        "input_schema": input_schema(split.train, norm), "dataset": dataset,
                        "holdout": list(holdout)},
-                      os.path.join(out, "aligned_imu.pt"))
+                      os.path.join(out, ALIGNED_PT))
     write_json(os.path.join(out, "results.json"), results)
     if plot:
         _tsne_png(imu_te[sub], y_te[sub], ds.class_names, os.path.join(out, "tsne_test.png"),
@@ -196,7 +198,7 @@ def summarize_recording(model_dir: str, text_encoder: TextEncoder, subject: int,
     from shared.data.hapt import ACTIVITIES, read_hapt_pickle
     from shared.summary import describe, score, segments, window_labels_to_timeline
 
-    model, ck = load_aligned(os.path.join(model_dir, "aligned_imu.pt"))
+    model, ck = load_aligned(os.path.join(model_dir, ALIGNED_PT))
     norm = Normalizer.from_json(ck["normalization"])
     names = ck["class_names"]
     prompts = class_prompts(text_encoder, names)
@@ -257,9 +259,6 @@ ALIGN_DEFAULTS = OrderedDict([("encoder", "mw2"), ("encoder_config", {"pool": 2,
 
 
 # ------------------------------------------------------------------------------ publishing to edges
-ALIGNED_PT = "aligned_imu.pt"
-ALIGNED_ONNX = "aligned_imu.onnx"
-PROMPTS = "class_prompts.npy"
 TEXT_FOLDER = "text"
 DEFAULT_ALIGNED_NAME = "cosmo-aligned"
 
@@ -302,7 +301,7 @@ def export_aligned(model_dir: str, out: str, text_folder: str, name: str = DEFAU
     try:
         shutil.copyfile(os.path.join(model_dir, ALIGNED_PT), os.path.join(tmp, ALIGNED_PT))
         x = torch.from_numpy(np.random.RandomState(0).randn(4, int(ck["window"]), int(ck["channels"])).astype(np.float32))
-        export_onnx(model, [x[:1]], os.path.join(tmp, ALIGNED_ONNX), input_names=["imu"], output_names=["embedding"])
+        export_onnx(model, [x[:1]], os.path.join(tmp, ALIGNED_ONNX), input_names=[ALIGNED_INPUT], output_names=[ALIGNED_OUTPUT])
         diff = _onnx_parity(os.path.join(tmp, ALIGNED_ONNX), model, x)
         if diff > tolerance:
             raise DataError("{}: ONNX output differs from torch by {:.2e} (> {:.0e})".format(ALIGNED_ONNX, diff,
@@ -329,14 +328,14 @@ def export_aligned(model_dir: str, out: str, text_folder: str, name: str = DEFAU
         with open(os.path.join(tmp, TEXT_FOLDER, "text_encoder.json")) as f:
             tj = json.load(f)
         man.update(OrderedDict([
-            ("kind", "aligned"), ("embedding_dim", int(ck["text_dim"])), ("imu_onnx", ALIGNED_ONNX),
-            ("imu_input", "imu"), ("imu_output", "embedding"), ("class_prompts", PROMPTS),
+            ("kind", ALIGNED_KIND), ("embedding_dim", int(ck["text_dim"])), ("imu_onnx", ALIGNED_ONNX),
+            ("imu_input", ALIGNED_INPUT), ("imu_output", ALIGNED_OUTPUT), ("class_prompts", PROMPTS),
             ("text_encoder", {"name": text.name, "dim": int(text.dim), "folder": TEXT_FOLDER,
                               "max_seq_length": int(tj.get("max_seq_length", 256))})]))
-        files = [file_entry(tmp, ALIGNED_ONNX, "onnx"), file_entry(tmp, ALIGNED_PT, "state_dict"),
+        files = [file_entry(tmp, ALIGNED_ONNX, KIND_ONNX), file_entry(tmp, ALIGNED_PT, KIND_STATE_DICT),
                  file_entry(tmp, PROMPTS, "array")]
         for fn in sorted(os.listdir(os.path.join(tmp, TEXT_FOLDER))):
-            kind = {".onnx": "onnx", ".txt": "vocab", ".json": "config"}.get(os.path.splitext(fn)[1], "data")
+            kind = {".onnx": KIND_ONNX, ".txt": "vocab", ".json": KIND_CONFIG}.get(os.path.splitext(fn)[1], "data")
             files.append(file_entry(tmp, TEXT_FOLDER + "/" + fn, kind))
         man["files"] = files
         write_json(os.path.join(tmp, MANIFEST), man)
@@ -356,7 +355,7 @@ def _onnx_parity(path: str, model: Any, x: Any) -> float:
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = model(x).numpy()
-    got = sess.run(["embedding"], {"imu": x.numpy()})[0]
+    got = sess.run([ALIGNED_OUTPUT], {ALIGNED_INPUT: x.numpy()})[0]
     return float(np.abs(want - got).max())
 
 

@@ -25,6 +25,7 @@ from typing import List, Optional
 import torch
 import yaml
 
+from shared.contract import STAGE1_CONFIG
 from shared.data import load_named
 from shared.errors import CosmoError
 from shared.experiment import prepare
@@ -64,7 +65,7 @@ def run(a: argparse.Namespace) -> int:
             print("stage 1 on {} process(es) ({}), global batch {}".format(
                 info.world_size, info.backend or "single process", cfg.batch_size))
             os.makedirs(a.out, exist_ok=True)
-            with open(os.path.join(a.out, "stage1_config.yaml"), "w") as f:
+            with open(os.path.join(a.out, STAGE1_CONFIG), "w") as f:
                 yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
             write_json(os.path.join(a.out, "prepared.json"), prep_args)
             if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):

@@ -21,6 +21,7 @@ import time
 import traceback
 from typing import Any, Dict, Optional
 
+from shared.contract import ENCODERS
 from shared.errors import ConfigError, clip
 
 from .jobspec import DEFAULT_LABEL_RATE, validate
@@ -95,8 +96,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
             if features == "encoder":
                 name, version = job.get("model_name", "cosmo-encoders"), job.get("model_version")
                 man = reg.get(name, version=version) if version else reg.get(name, alias="latest")
-                path, _, _ = reg.open_blob(man["name"], man["version"], "encoders.pt")
-                shutil.copyfile(path, os.path.join(work, "encoders.pt"))
+                path, _, _ = reg.open_blob(man["name"], man["version"], ENCODERS)
+                shutil.copyfile(path, os.path.join(work, ENCODERS))
             progress({"stage": "quality", "message": "scoring {} features".format(features)})
             rep = run_quality(work, prep.norm(prep.unlabeled), features, cfg.seed)
             summary = ", ".join("{} q={:.3f} beta={:.3f}".format(m.modality, m.q, b)
@@ -165,7 +166,7 @@ class JobRunner(object):
                 man = self.registry.get(name, version=version) if version else self.registry.get(name, alias="latest")
             except NotFound as e:
                 raise ConfigError("config fields 'model_name'/'model_version': {}".format(e)) from None
-            if not any(f["path"] == "encoders.pt" for f in man["files"]):
+            if not any(f["path"] == ENCODERS for f in man["files"]):
                 raise ConfigError("config field 'model_name': {} v{} has no encoders.pt to score".format(
                     man["name"], man["version"]))
         with self._lock:

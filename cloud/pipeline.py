@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import yaml
 
+from shared.contract import (ENCODER_INPUT, ENCODER_ONNX, ENCODER_OUTPUT, KIND_CONFIG, KIND_ONNX, KIND_STATE_DICT,
+                             QUALITY, STAGE1_CONFIG)
 from shared.data import load_named
 from shared.data.dataset import MultimodalDataset
 from shared.errors import CosmoError
@@ -23,7 +25,7 @@ from .quality import QualityReport, encoder_features, raw_features, score_qualit
 
 log = logging.getLogger(__name__)
 PREPARED = "prepared.json"
-CONFIG = "stage1_config.yaml"
+CONFIG = STAGE1_CONFIG
 ONNX_CHECK_BATCHES = (1, 8)
 
 
@@ -48,7 +50,7 @@ def run_quality(out: str, unlabeled: MultimodalDataset, features: str, seed: int
     else:
         feats = raw_features(unlabeled)
     report = score_quality(feats, unlabeled.num_classes, seed=seed, source=features)
-    write_json(os.path.join(out, "quality.json"), report.to_json())
+    write_json(os.path.join(out, QUALITY), report.to_json())
     path = os.path.join(out, MANIFEST)
     if os.path.isfile(path):
         man = read_manifest(path)
@@ -68,20 +70,20 @@ def export_encoders(out: str, modalities: Sequence[str], windows: Sequence[Tuple
     entries = []
     for m, enc, (t, c) in zip(modalities, encoders, windows):
         enc.eval()
-        rel = "encoder_{}.onnx".format(m)
+        rel = ENCODER_ONNX.format(m)
         path = os.path.join(out, rel)
-        export_onnx(enc, [torch.zeros(2, t, c)], path, input_names=["x"], output_names=["h"])
+        export_onnx(enc, [torch.zeros(2, t, c)], path, input_names=[ENCODER_INPUT], output_names=[ENCODER_OUTPUT])
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         rng = np.random.RandomState(0)
         for b in ONNX_CHECK_BATCHES:
             x = rng.randn(b, t, c).astype(np.float32)
-            got = sess.run(None, {"x": x})[0]
+            got = sess.run(None, {ENCODER_INPUT: x})[0]
             with torch.no_grad():
                 want = enc(torch.from_numpy(x)).numpy()
             if not np.allclose(got, want, rtol=rtol, atol=atol):
                 raise CosmoError("ONNX export of encoder {!r} differs from torch at batch {} (max |diff| {:.2e})"
                                  .format(m, b, float(np.abs(got - want).max())))
-        entries.append(file_entry(out, rel, "onnx"))
+        entries.append(file_entry(out, rel, KIND_ONNX))
     return entries
 
 
@@ -129,7 +131,7 @@ def run_pretrain(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional
                  "unlabeled_windows": len(unl)})
     man["encoders"] = [{"modality": m, "out_steps": e.out_steps, "out_features": e.out_features,
                         "feature_dim": e.feature_dim} for m, e in zip(unl.modalities, model.encoders)]
-    man["files"] = [file_entry(out, ENCODERS, "state_dict"), file_entry(out, CONFIG, "config")]
+    man["files"] = [file_entry(out, ENCODERS, KIND_STATE_DICT), file_entry(out, CONFIG, KIND_CONFIG)]
     write_json(os.path.join(out, MANIFEST), man)
     q = None
     if quality:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import grpc
 
 from shared.client import pull
+from shared.contract import ENCODERS, MANIFEST, METRICS, MODEL_ONNX
 from shared.energy import EnergyMonitor, Meter, detect
 from shared.errors import CosmoError
 from shared.files import write_json
@@ -121,8 +122,8 @@ class Agent(object):
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
             for v in sorted(os.listdir(os.path.join(root, name))):
                 d = os.path.join(root, name, v)
-                if v.startswith("v") and os.path.isfile(os.path.join(d, "metrics.json")):
-                    with open(os.path.join(d, "metrics.json")) as f:
+                if v.startswith("v") and os.path.isfile(os.path.join(d, METRICS)):
+                    with open(os.path.join(d, METRICS)) as f:
                         m = json.load(f)
                     out.append({"name": name, "version": int(v[1:]), "path": d,
                                 "val_accuracy": m.get("val", {}).get("accuracy")})
@@ -145,12 +146,12 @@ class Agent(object):
 
         from .export import export_finetuned
         from .finetune import run_finetune
-        with open(os.path.join(model_dir, "manifest.json")) as f:
+        with open(os.path.join(model_dir, MANIFEST)) as f:
             man = json.load(f)
         final = self.finetuned_dir(man["name"], man["version"])
-        if os.path.isfile(os.path.join(final, "metrics.json")) and os.path.isfile(os.path.join(final, "model.onnx")):
+        if os.path.isfile(os.path.join(final, METRICS)) and os.path.isfile(os.path.join(final, MODEL_ONNX)):
             log.info("%s v%s already fine-tuned; not redone", man["name"], man["version"])
-            with open(os.path.join(final, "metrics.json")) as f:
+            with open(os.path.join(final, METRICS)) as f:
                 return {"folder": final, "metrics": json.load(f), "stages": [], "runtime": None}
         partial = os.path.join(os.path.dirname(final), ".v{}.partial".format(man["version"]))
         if os.path.isdir(partial):
@@ -159,16 +160,15 @@ class Agent(object):
         ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, config, progress=False), self.meter)
         metrics = ft["result"]
         ex = _stage(lambda: export_finetuned(metrics["model"], man, partial), self.meter)
-        for name in ("encoders.pt",):
-            shutil.copyfile(os.path.join(model_dir, name), os.path.join(partial, name))
+        shutil.copyfile(os.path.join(model_dir, ENCODERS), os.path.join(partial, ENCODERS))
         man_out = dict(man, files=list(man.get("files", [])) + [ex["result"]],
                        finetune={"val": metrics["val"], "test": metrics.get("test"), "edge_id": self.edge_id})
-        write_json(os.path.join(partial, "manifest.json"), man_out)
+        write_json(os.path.join(partial, MANIFEST), man_out)
         vr = _stage(lambda: self._verify(partial, metrics["val"]["accuracy"]), self.meter)
         rt, onnx_acc = vr["result"]
         summary = {"val": metrics["val"], "test": metrics.get("test"), "best_epoch": metrics["best_epoch"],
                    "onnx_val_accuracy": onnx_acc, "labeled_windows": metrics["labeled_windows"]}
-        write_json(os.path.join(partial, "metrics.json"), summary)
+        write_json(os.path.join(partial, METRICS), summary)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(partial, final)

@@ -25,13 +25,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from shared.contract import ALIGNED_INPUT, ALIGNED_KIND, ALIGNED_OUTPUT
 from shared.errors import CosmoError, DataError
 from shared.manifest import read_manifest, schema_normalizer, verify_files
 
 from .runtime import InputError, Runtime, _import_onnxruntime, normalize, open_session
 
 log = logging.getLogger(__name__)
-KIND = "aligned"
+KIND = ALIGNED_KIND
 MAX_TEXT_CHARS = 2000
 REQUIRED = ("embedding_dim", "imu_onnx", "class_prompts", "text_encoder")
 
@@ -62,8 +63,8 @@ class AlignedRuntime(object):
         if len(windows) != 1:
             raise DataError("{}: aligned model's modalities have different window lengths {}; the IMU model "
                             "takes them concatenated along channels".format(folder, windows))
-        self.input_name = str(manifest.get("imu_input", "imu"))
-        self.output_name = str(manifest.get("imu_output", "embedding"))
+        self.input_name = str(manifest.get("imu_input", ALIGNED_INPUT))
+        self.output_name = str(manifest.get("imu_output", ALIGNED_OUTPUT))
         te = manifest["text_encoder"]
         self.text_encoder_name = str(te.get("name", ""))
         self.max_seq_length = int(te.get("max_seq_length", 256))

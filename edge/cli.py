@@ -49,16 +49,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     import json
     import shutil
 
+    from shared.contract import ENCODERS, FINETUNED, MANIFEST
     from shared.manifest import read_manifest
 
     from .export import export_finetuned
-    from .finetune import FINETUNED, load_finetuned
+    from .finetune import load_finetuned
     man = read_manifest(a.model)
-    model = load_finetuned(os.path.join(a.finetuned, FINETUNED), os.path.join(a.model, "encoders.pt"),
+    model = load_finetuned(os.path.join(a.finetuned, FINETUNED), os.path.join(a.model, ENCODERS),
                            list(man["input_schema"]), len(man["classes"]))
     entry = export_finetuned(model, man, a.finetuned)
-    shutil.copyfile(os.path.join(a.model, "encoders.pt"), os.path.join(a.finetuned, "encoders.pt"))
-    with open(os.path.join(a.finetuned, "manifest.json"), "w") as f:
+    shutil.copyfile(os.path.join(a.model, ENCODERS), os.path.join(a.finetuned, ENCODERS))
+    with open(os.path.join(a.finetuned, MANIFEST), "w") as f:
         json.dump(dict(man, files=list(man["files"]) + [entry]), f, indent=2, sort_keys=True)
     print("wrote {} ({} bytes, sha256 {}); `edge-agent serve` can serve {} once it is installed".format(
         os.path.join(a.finetuned, entry["path"]), entry["size"], entry["sha256"][:12], a.finetuned))

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.contract import KIND_ONNX, MODEL_ONNX, MODEL_OUTPUTS, PRESENT
 from shared.errors import CosmoError
 from shared.export import export_onnx
 from shared.manifest import file_entry
 
-MODEL_ONNX = "model.onnx"
-OUTPUTS = ("logits", "beta", "embedding")
-PRESENT = "present"
+OUTPUTS = MODEL_OUTPUTS
 RTOL, ATOL = 1e-3, 1e-4
 
 
@@ -85,7 +84,7 @@ def export_finetuned(model: nn.Module, manifest: Dict[str, Any], out_dir: str,
         os.remove(tmp)
         raise
     os.replace(tmp, path)
-    return file_entry(out_dir, MODEL_ONNX, "onnx")
+    return file_entry(out_dir, MODEL_ONNX, KIND_ONNX)
 
 
 def check_onnx(model: nn.Module, manifest: Dict[str, Any], path: str, batch_check: Sequence[int] = (1, 8)) -> None:

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from shared.data.dataset import MultimodalDataset
+from shared.contract import FINETUNED, METRICS
 from shared.errors import DataError
 from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
 from shared.training.common import config_dict, save_torch_atomic, write_json
@@ -13,7 +14,6 @@ from shared.training.stage1 import ENCODERS, build_encoders, load_encoder_bundle
 from shared.training.stage2 import Stage2Config, evaluate, finetune
 
 log = logging.getLogger(__name__)
-FINETUNED = "finetuned.pt"
 
 
 def load_split(folder: str, name: str, required: bool = True) -> Optional[MultimodalDataset]:
@@ -85,7 +85,7 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
     save_torch_atomic({"format": "cosmo-har/finetuned", "state_dict": res["model"].state_dict(),
                        "config": config_dict(config), "manifest_version": manifest["version"],
                        "pretrained": pretrained}, os.path.join(out_dir, FINETUNED))
-    write_json(os.path.join(out_dir, "metrics.json"), dict(metrics, history=res["history"]))
+    write_json(os.path.join(out_dir, METRICS), dict(metrics, history=res["history"]))
     metrics["model"] = res["model"]
     metrics["quality"] = quality
     metrics["classes"] = manifest["classes"]

@@ -30,17 +30,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from shared.contract import ENCODERS, FINETUNED, MODEL_ONNX, MODEL_OUTPUTS, PRESENT  # noqa: F401  (re-exported)
 from shared.errors import CosmoError, DataError
 from shared.manifest import read_manifest, schema_normalizer, sha256_file
 
 log = logging.getLogger(__name__)
 
-MODEL_ONNX = "model.onnx"
-FINETUNED = "finetuned.pt"
-ENCODERS = "encoders.pt"
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-OUTPUTS = ("logits", "beta", "embedding")
-PRESENT = "present"
+OUTPUTS = MODEL_OUTPUTS
 FLAT_THRESHOLD = 1e-6  # raw units
 MAX_NORMALIZED = 1e6  # standard deviations: a window past this is a broken sensor or a hostile client
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")

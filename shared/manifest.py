@@ -12,11 +12,11 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
+from .contract import MANIFEST  # noqa: F401  (re-exported)
 from .data.dataset import ModalitySpec, MultimodalDataset
 from .data.splits import Normalizer
 from .errors import DataError, clip
 
-MANIFEST = "manifest.json"
 MIN_RUNTIMES = {"onnx_opset": 13, "torch": "1.10", "python": "3.6"}
 
 

@@ -286,3 +286,27 @@ def test_design_docs_live_in_the_repo():
         if "../shared/" in text and f != "tests/test_architecture.py":
             bad.append("{}: ../shared/".format(f))
     assert not bad, bad
+
+
+def test_contract_literals_live_in_shared_contract():
+    """The file names and ONNX names the cloud and the edge exchange are spelled once, in
+    ``shared/contract.py``: no string constant of ``cloud/`` or ``edge/`` (docstrings aside) repeats them."""
+    from shared import contract
+    names = {v for k, v in vars(contract).items() if k.isupper() and isinstance(v, str) and "." in v}
+    assert {"encoders.pt", "model.onnx", "finetuned.pt", "manifest.json", "aligned_imu.onnx"} <= names
+    bad = []
+    for app in ("cloud", "edge"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, app)):
+            for fn in files:
+                if not fn.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, fn)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                docs = {id(n.body[0].value) for n in ast.walk(tree)
+                        if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                        and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Constant) and node.value in names and id(node) not in docs:
+                        bad.append("{}:{} {!r}".format(os.path.relpath(path, ROOT), node.lineno, node.value))
+    assert not bad, bad

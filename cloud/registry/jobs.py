@@ -90,14 +90,14 @@ class Jobs:
         return self._job(self._conn(), self.resolve_job_id(job_id))
 
     def resolve_job_id(self, ref: str) -> str:
-        """The full id of the job ``ref`` names (itself, or a unique prefix); ``NotFound`` / ``InvalidArgument``
-        (too short, not hex, ambiguous) naming the field ``id``."""
+        """The full id of the job ``ref`` names (itself, or a unique prefix); ``NotFound``, or
+        ``InvalidArgument`` naming the field ``id`` for a prefix several jobs share."""
         _check_text(ref, "id", max_len=64)
         if len(ref) == 32:
             return ref
         if len(ref) < MIN_JOB_PREFIX or any(ch not in "0123456789abcdef" for ch in ref):
-            raise InvalidArgument("id", "{} is neither a job id nor a prefix of at least {} hex digits".format(
-                clip(ref), MIN_JOB_PREFIX))
+            raise NotFound("job {} not found (a job id is 32 hex digits; a unique prefix of {} or more works)"
+                           .format(clip(ref), MIN_JOB_PREFIX))
         rows = self._conn().execute("SELECT id FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2",
                                     (len(ref), ref)).fetchall()
         if not rows:

@@ -22,6 +22,7 @@ import torch
 from dataclasses import dataclass, replace
 from torch import nn
 
+from ..contract import ENCODERS  # noqa: F401  (re-exported)
 from ..data.dataset import ModalitySpec, MultimodalDataset
 from ..errors import ConfigError, CosmoError, DataError
 from ..losses import ContrastiveFusionLoss, FusionViews
@@ -34,7 +35,6 @@ from .distributed import (all_gather_object, barrier, broadcast_flag, broadcast_
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "stage1_last.pt"
-ENCODERS = "encoders.pt"
 
 
 @dataclass(frozen=True)

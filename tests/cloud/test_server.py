@@ -308,7 +308,7 @@ def test_list_jobs_and_id_prefixes(server, capsys):
     only = stub.ListJobs(pb.ListJobsRequest(states=[pb.Job.CANCELLED])).jobs
     assert [j.id for j in only] == [a["id"]]
     assert stub.GetJob(pb.JobRef(id=a["id"][:8])).id == a["id"]
-    for ref, code in (("ab", grpc.StatusCode.INVALID_ARGUMENT), ("zzzz", grpc.StatusCode.INVALID_ARGUMENT),
+    for ref, code in (("ab", grpc.StatusCode.NOT_FOUND), ("zzzz", grpc.StatusCode.NOT_FOUND),
                       ("0000000000", grpc.StatusCode.NOT_FOUND)):
         assert _code(stub.GetJob, pb.JobRef(id=ref))[0] == code, ref
     assert _code(stub.ListJobs, pb.ListJobsRequest(limit=5000))[0] == grpc.StatusCode.INVALID_ARGUMENT
