@@ -32,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.report import write_report  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "finetuned", "cosmo-hapt", "v1")
 DEMO_WINDOWS = os.path.join(ROOT, "runs", "demo", "edge", "labels", "test.npz")
@@ -385,13 +387,7 @@ def main(argv: Any = None) -> int:
          "machine": "{} {} cores, Python {}".format(platform.machine(), os.cpu_count(), platform.python_version()),
          "date": time.strftime("%Y-%m-%d"), "model": a.model, "windows_file": os.path.relpath(a.windows, ROOT),
          "windows": len(ds), "engines": e, "grpc": g, "cold_start": cs, "ort_profile_batch_32": prof}
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "latency.json"), "w") as f:
-        json.dump(r, f, indent=2)
-    with open(os.path.join(a.out, "latency.md"), "w") as f:
-        f.write(markdown(r))
-    plot(r, os.path.join(a.out, "latency.png"))
-    print(markdown(r))
+    write_report(a.out, "latency", r, markdown, plot)
     return 0
 
 

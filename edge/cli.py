@@ -36,7 +36,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     from .finetune import run_finetune, summarize
     overrides = {"epochs": a.epochs, "t_iter": a.t_iter, "encoder_lr": a.encoder_lr,
                  "classifier_lr": a.classifier_lr, "seed": a.seed, "fusion": a.fusion, "lam": a.lam,
-                 "schedule": a.schedule, "device": a.device, "modality_dropout": a.modality_dropout}
+                 "schedule": a.schedule, "device": a.device, "modality_dropout": a.modality_dropout,
+                 "selection": a.selection}
     cfg = load_config(Stage2Config, a.config, overrides)
     m = run_finetune(a.model, a.labels, a.out, cfg, pretrained=a.pretrained, use_quality=not a.no_quality,
                      progress=not a.no_progress)
@@ -91,8 +92,9 @@ def _agent(a: argparse.Namespace, channel: bool = True, existing: bool = False) 
     def config() -> Any:  # built when a fine-tune runs (training imports torch)
         from shared.training.common import load_config
         from shared.training.stage2 import Stage2Config
-        return load_config(Stage2Config, getattr(a, "config", None), {"seed": getattr(a, "seed", None),
-                                                                       "epochs": getattr(a, "epochs", None)})
+        return load_config(Stage2Config, getattr(a, "config", None), {
+            "seed": getattr(a, "seed", None), "epochs": getattr(a, "epochs", None),
+            "modality_dropout": getattr(a, "modality_dropout", None), "selection": getattr(a, "selection", None)})
     if getattr(a, "config", None) and not os.path.isfile(a.config):
         raise CosmoError("--config {}: file not found".format(a.config))
     ch = connect_link(a, a.cloud) if channel and getattr(a, "cloud", None) else None
@@ -285,6 +287,15 @@ def cmd_search(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from shared.client import add_link_args
     from shared.flags import finish_cli, fraction, positive
+
+    def robust(sp: argparse.ArgumentParser) -> None:
+        """Stage 2 for graceful sensor loss (README, "Missing sensors"): 0.3 and subsets on HAPT."""
+        sp.add_argument("--modality-dropout", type=positive(float, zero=True),
+                        help="probability that a training window loses one modality (default 0: the paper's Cosmo)")
+        sp.add_argument("--selection", choices=["full", "subsets"],
+                        help="keep the epoch best on validation with every sensor (full, default) or on average "
+                             "over every sensor subset (subsets)")
+
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
@@ -303,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--schedule", choices=["iterative", "joint", "frozen"])
     f.add_argument("--seed", type=int)
     f.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
-    f.add_argument("--modality-dropout", type=float,
-                   help="probability that a training window loses one modality (graceful sensor loss)")
+    robust(f)
     f.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="ablation: random encoders of the same architecture instead of the shipped ones")
     f.add_argument("--no-quality", action="store_true", help="ignore the manifest's quality scores")
@@ -350,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML file of Stage2Config keys")
     r.add_argument("--epochs", type=int)
     r.add_argument("--seed", type=int)
+    robust(r)
     r.add_argument("--edge-id", default="")
     r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")
     r.add_argument("--watts", type=positive(float), default=5.0,
