@@ -185,6 +185,10 @@ def cmd_jobs(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from shared.rpc import ModelRegistryStub, pb
     resp = ModelRegistryStub(_channel(a)).ListModels(pb.ListModelsRequest(name=a.name or ""))
+    if not resp.versions:
+        print("cloud-server: {}".format("no versions of {!r} on {}".format(a.name, a.server) if a.name
+                                         else "no models on {}".format(a.server)), file=sys.stderr)
+        return 1
     for v in resp.versions:
         print("{} v{} [{}] {} files, created {}".format(v.name, v.version, ",".join(v.aliases), len(v.files),
                                                       v.created_at))

@@ -314,6 +314,13 @@ class Agent(object):
         a second thread follows that model the same way (pull -> load -> install)."""
         if self.channel is None:
             raise CosmoError("run needs --cloud HOST:PORT")
+        for name in [self.model_name] + ([self.aligned_model] if self.aligned_model else []):
+            try:
+                ModelRegistryStub(self.channel).GetManifest(pb.GetManifestRequest(name=name, alias="latest"),
+                                                            timeout=10)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("model %r is not in the registry (yet): watching for its first version", name)
         try:
             self.load_serving()
         except CosmoError as e:

@@ -186,7 +186,11 @@ def cmd_pull(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     agent = _agent(a, channel=False, existing=True)
     st = agent.state()
-    for e in agent.installed():
+    installed = agent.installed()
+    if a.name_given and not any(e["name"] == a.name for e in installed):
+        raise CosmoError("--name {}: not installed in {} (installed: {})".format(
+            a.name, a.state_dir, ", ".join(sorted({e["name"] for e in installed})) or "none"))
+    for e in installed:
         mark = "*" if st.get("serving") and st["serving"]["path"] == e["path"] else " "
         print("{} {} v{}  val accuracy {}  {}".format(mark, e["name"], e["version"], e["val_accuracy"], e["path"]))
     rt = agent.load_serving()
@@ -322,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_finetune)
     def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--state-dir", required=True, help="the agent's folder (models, fine-tuned versions, state)")
-        sp.add_argument("--name", default="cosmo-encoders", help="model name in the registry")
+        sp.add_argument("--name", default=None, help="model name in the registry (default cosmo-encoders)")
         return sp
 
     def cloud(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -418,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    if hasattr(a, "name"):  # whether --name was given (info checks it), then its default
+        a.name_given, a.name = a.name is not None, a.name or "cosmo-encoders"
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(a, "func", None):

@@ -70,6 +70,7 @@ def _bad(tmp_path):
         (["predict", "--server", DOWN, "--windows", d + "/w.npz", "--batch", "0"], "--batch"),
         (["search", "--server", DOWN, "--text", "walking"], "UNAVAILABLE"),
         (["info", "--state-dir", missing], "--state-dir"),
+        (["info", "--state-dir", d, "--name", "wrong"], "--name wrong"),
         (["rollback", "--state-dir", d], "roll back"),
         (["export", "--model", missing, "--finetuned", d], missing),
         (["finetune", "--model", missing, "--labels", d, "--out", d], missing),
