@@ -195,6 +195,35 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(a: argparse.Namespace) -> int:
+    """alias / pin / unpin / delete on a running daemon (behind its token)."""
+    from shared.rpc import ModelRegistryStub, pb
+    stub = ModelRegistryStub(_channel(a))
+    if a.command == "alias":
+        v = stub.SetAlias(pb.SetAliasRequest(name=a.name, alias=a.alias, version=a.version))
+    elif a.command in ("pin", "unpin"):
+        v = stub.PinVersion(pb.PinRequest(name=a.name, version=a.version, pinned=a.command == "pin"))
+    else:
+        stub.DeleteVersion(pb.VersionRef(name=a.name, version=a.version))
+        print("deleted {} v{} (its blobs go at the next gc)".format(a.name, a.version))
+        return 0
+    print("{} v{} [{}]{}".format(v.name, v.version, ",".join(v.aliases), " pinned" if a.command == "pin" else ""))
+    return 0
+
+
+def cmd_reports(a: argparse.Namespace) -> int:
+    """What the edges reported (ReportMetrics), newest first."""
+    from shared.rpc import ModelRegistryStub, pb
+    resp = ModelRegistryStub(_channel(a)).ListReports(pb.ListReportsRequest(name=a.name or "", version=a.version or 0,
+                                                                            limit=a.limit))
+    for r in resp.reports:
+        stages = ", ".join("{} {:.1f} s".format(st.stage, st.wall_seconds) for st in r.stages)
+        metrics = ", ".join("{} {:.4f}".format(k, v) for k, v in sorted(r.metrics.items()))
+        print("{} {} {} v{}: {}; {}; {}".format(r.created_at, r.edge_id, r.name, r.version, stages, metrics,
+                                              r.execution_provider))
+    return 0
+
+
 def cmd_download(a: argparse.Namespace) -> int:
     from shared.client import pull
     t0 = time.time()
@@ -363,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = client(sub.add_parser("models", help="list published model versions"))
     ls.add_argument("--name")
     ls.set_defaults(func=cmd_models)
+    for verb, text in (("alias", "point ALIAS at VERSION on the daemon (atomic)"), ("pin", "protect a version from "
+                       "delete"), ("unpin", "undo pin"), ("delete", "delete a version (refused while aliased or pinned)")):
+        ad = client(sub.add_parser(verb, help=text))
+        ad.add_argument("name")
+        if verb == "alias":
+            ad.add_argument("alias")
+        ad.add_argument("version", type=positive(int))
+        ad.set_defaults(func=cmd_admin)
+    rp = client(sub.add_parser("reports", help="what the edges reported (timings, energy, accuracy), newest first"))
+    rp.add_argument("--name")
+    rp.add_argument("--version", type=positive(int))
+    rp.add_argument("--limit", type=positive(int), default=20)
+    rp.set_defaults(func=cmd_reports)
     dl = client(sub.add_parser("download", help="download a model version (resumable, verified, atomic)"))
     dl.add_argument("--name", default="cosmo-encoders")
     dl.add_argument("--version", type=int)

@@ -19,6 +19,17 @@ def model_version(m: Dict[str, Any]) -> Any:
         manifest_json=json.dumps(m, sort_keys=True))
 
 
+def report(r: Dict[str, Any]) -> Any:
+    """A stored edge report (``Registry.list_reports`` row) -> ``Report``."""
+    return pb.Report(id=int(r["id"]), edge_id=r["edge_id"], name=r["name"], version=int(r["version"]),
+                     created_at=str(r["created_at"]), device=r.get("device") or "",
+                     execution_provider=r.get("execution_provider") or "",
+                     metrics={k: float(v) for k, v in (r.get("metrics") or {}).items()},
+                     stages=[pb.StageMetric(**{k: s[k] for k in ("stage", "wall_seconds", "cpu_seconds", "energy_joules",
+                                                                 "energy_source", "peak_memory_mb") if k in s})
+                             for s in r.get("stages") or []])
+
+
 def manifest_of(msg: Any) -> Dict[str, Any]:
     return json.loads(msg.manifest_json)
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # refusals that are states, not mistakes (busy; no model yet; not published yet): INFO, not WARNING
 _QUIET = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
-MAX_LIST_JOBS = 1000  # jobs one ListJobs answers
+MAX_LIST = 1000  # jobs one ListJobs, reports one ListReports answers
 
 
 def _status(err: BaseException) -> grpc.StatusCode:
@@ -363,6 +363,39 @@ class ModelRegistryServicer:
         return pb.ReportMetricsResponse(report_id=int(rid))
 
 
+    # -- administration
+
+    @rpc("rpc")
+    async def SetAlias(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.blocking(self.registry.set_alias, request.name, request.alias, int(request.version))
+        log.info("alias %s:%s -> v%d (set by %s)", clip(request.name), clip(request.alias), request.version,
+                 context.peer())
+        return serde.model_version(await self.blocking(self.registry.get, request.name, int(request.version)))
+
+    @rpc("rpc")
+    async def PinVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        fn = self.registry.pin if request.pinned else self.registry.unpin
+        await self.blocking(fn, request.name, int(request.version))
+        log.info("%s:v%d %s (by %s)", clip(request.name), request.version, "pinned" if request.pinned else "unpinned",
+                 context.peer())
+        return serde.model_version(await self.blocking(self.registry.get, request.name, int(request.version)))
+
+    @rpc("rpc")
+    async def DeleteVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.blocking(self.registry.delete, request.name, int(request.version))
+        log.info("%s:v%d deleted (by %s)", clip(request.name), request.version, context.peer())
+        return pb.DeleteVersionResponse(name=request.name, version=request.version)
+
+    @rpc("rpc")
+    async def ListReports(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = request.limit or 100
+        if not 0 < limit <= MAX_LIST:
+            raise ValueError("field 'limit' must be in 1..{}, got {}".format(MAX_LIST, request.limit))
+        rows = await self.blocking(self.registry.list_reports, request.name or None, int(request.version) or None,
+                                   limit)
+        return pb.ListReportsResponse(reports=[serde.report(r) for r in rows])
+
+
 class TrainingServicer:
     def __init__(self, registry: Registry, runner: JobRunner, admission: Admission, blocking: Blocking) -> None:
         self.registry, self.runner, self.admission, self.blocking = registry, runner, admission, blocking
@@ -383,8 +416,8 @@ class TrainingServicer:
     @rpc("rpc")
     async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         limit = request.limit or 100
-        if not 0 < limit <= MAX_LIST_JOBS:
-            raise ValueError("field 'limit' must be in 1..{}, got {}".format(MAX_LIST_JOBS, request.limit))
+        if not 0 < limit <= MAX_LIST:
+            raise ValueError("field 'limit' must be in 1..{}, got {}".format(MAX_LIST, request.limit))
         states = [pb.Job.State.Name(s) for s in request.states] if request.states else None
         if states and "STATE_UNSPECIFIED" in states:
             raise ValueError("field 'states': STATE_UNSPECIFIED is not a job state")

@@ -82,6 +82,14 @@ def _cloud_requests(rng, reg, train):
     for i in range(rng.choice([0, 2, 1100])):
         rep.metrics[s()[:50] + str(i)] = _float(rng)
     yield lambda: reg.ReportMetrics(rep, timeout=DEADLINE), "unary"
+    other = (lambda v: "m2" if v == "m" else v)(s())  # admin calls never name the fixture's model: it must stay
+    yield (lambda: reg.SetAlias(pb.SetAliasRequest(name=other, alias=s(), version=_number(rng)), timeout=DEADLINE),
+           "unary")
+    yield (lambda: reg.PinVersion(pb.PinRequest(name=other, version=_number(rng), pinned=rng.random() < 0.5),
+                                  timeout=DEADLINE), "unary")
+    yield lambda: reg.DeleteVersion(pb.VersionRef(name=other, version=_number(rng)), timeout=DEADLINE), "unary"
+    yield (lambda: reg.ListReports(pb.ListReportsRequest(name=s(), version=_number(rng), limit=_int32(rng)),
+                                   timeout=DEADLINE), "unary")
     yield (lambda: train.SubmitJob(pb.SubmitJobRequest(kind=rng.choice(["pretrain", "align", "quality", s()]),
                                                        dataset=s(), config_json=_config(rng)), timeout=DEADLINE),
            "unary")
@@ -197,7 +205,8 @@ def test_fuzz_both_daemons(tmp_path, caplog):
     authed = {t: connect(t, token=TOKEN) for t in (ctarget, etarget)}
     anon = {t: grpc.insecure_channel(t) for t in (ctarget, etarget)}
     cloud_methods = ["/cosmo.v1.ModelRegistry/" + m for m in ("ListModels", "GetManifest", "Download",
-                                                              "ReportMetrics")] + \
+                                                              "ReportMetrics", "SetAlias", "PinVersion",
+                                                              "DeleteVersion", "ListReports")] + \
         ["/cosmo.v1.Training/" + m for m in ("SubmitJob", "GetJob", "CancelJob", "ListJobs")]
     edge_methods = ["/cosmo.v1.Inference/" + m for m in ("Predict", "Embed", "Info", "Search")]
     failures, tally, sent = [], {}, 0

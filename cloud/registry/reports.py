@@ -53,9 +53,11 @@ class Reports:
                 c.execute("DELETE FROM reports WHERE id <= ?", (max(ids) - self.retention.reports_keep,))
         return out
 
-    def list_reports(self, name: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Stored reports (of a model, or of one version), oldest first: ``{id, edge_id, name, version,
-        created_at, stages, metrics, device, execution_provider}``."""
+    def list_reports(self, name: str | None = None, version: int | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored reports (of a model, or of one version), oldest first (with ``limit``: the newest
+        ``limit``, newest first): ``{id, edge_id, name, version, created_at, stages, metrics, device,
+        execution_provider}``."""
         clauses, args = [], []
         if name is not None:
             clauses.append("name = ?")
@@ -68,7 +70,8 @@ class Reports:
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         rows = self._conn().execute(
             "SELECT id, edge_id, name, version, created_at, stages_json, metrics_json, device, execution_provider "
-            "FROM reports {} ORDER BY id".format(where), args).fetchall()
+            "FROM reports {} ORDER BY id{}".format(where, " DESC LIMIT ?" if limit else ""),
+            args + ([int(limit)] if limit else [])).fetchall()
         return [{"id": r[0], "edge_id": r[1], "name": r[2], "version": r[3], "created_at": r[4],
                  "stages": json.loads(r[5]), "metrics": json.loads(r[6]), "device": r[7],
                  "execution_provider": r[8]} for r in rows]

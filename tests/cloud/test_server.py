@@ -317,3 +317,35 @@ def test_list_jobs_and_id_prefixes(server, capsys):
     assert capsys.readouterr().out.startswith(a["id"][:8] + " CANCELLED")
     assert cloud_main(["cancel", b["id"][:8], "--server", target]) == 0
     assert reg.get_job(b["id"])["state"] == "CANCELLED"
+
+
+def test_remote_administration(server, tmp_path, capsys):
+    from cloud.cli import main as cloud_main
+    srv, ch = server
+    _publish(srv.registry, tmp_path, seed=1)
+    _publish(srv.registry, tmp_path, seed=2)
+    stub = ModelRegistryStub(ch)
+    assert list(stub.SetAlias(pb.SetAliasRequest(name="m", alias="stable", version=1)).aliases) == ["stable"]
+    assert stub.GetManifest(pb.GetManifestRequest(name="m", alias="stable")).version == 1
+    code, msg = _code(stub.DeleteVersion, pb.VersionRef(name="m", version=2))  # "latest" names it
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "latest" in msg
+    target = "127.0.0.1:{}".format(srv.port)
+    assert cloud_main(["alias", "m", "stable", "2", "--server", target]) == 0
+    stub.PinVersion(pb.PinRequest(name="m", version=1, pinned=True))
+    code, msg = _code(stub.DeleteVersion, pb.VersionRef(name="m", version=1))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "pinned" in msg
+    assert _code(stub.SetAlias, pb.SetAliasRequest(name="m", alias="7", version=1))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(stub.PinVersion, pb.PinRequest(name="m", version=9, pinned=True))[0] == grpc.StatusCode.NOT_FOUND
+    assert cloud_main(["unpin", "m", "1", "--server", target]) == 0
+    stub.ReportMetrics(pb.ReportMetricsRequest(edge_id="e1", name="m", version=2, metrics={"val_accuracy": 0.9},
+                                               stages=[pb.StageMetric(stage="finetune", wall_seconds=3.0)]))
+    assert cloud_main(["delete", "m", "1", "--server", target]) == 0
+    assert [v["version"] for v in srv.registry.list_versions("m")] == [2]
+    reps = stub.ListReports(pb.ListReportsRequest(name="m")).reports
+    assert len(reps) == 1 and reps[0].edge_id == "e1" and reps[0].metrics["val_accuracy"] == 0.9
+    assert reps[0].stages[0].stage == "finetune"
+    capsys.readouterr()
+    assert cloud_main(["reports", "--server", target, "--name", "m"]) == 0
+    assert "e1 m v2: finetune 3.0 s; val_accuracy 0.9000" in capsys.readouterr().out
+    assert _code(stub.ListReports, pb.ListReportsRequest(version=2))[0] == grpc.StatusCode.INVALID_ARGUMENT
