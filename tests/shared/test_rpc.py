@@ -272,7 +272,8 @@ def test_pb_namespace():
         pb.NoSuchMessage  # noqa: B018 (the access is the test)
     assert [(m.name, m.kind) for m in rpc.methods("ModelRegistry")] == [
         ("ListModels", "unary_unary"), ("GetManifest", "unary_unary"), ("Download", "unary_stream"),
-        ("WatchModels", "unary_stream"), ("ReportMetrics", "unary_unary")]
+        ("WatchModels", "unary_stream"), ("ReportMetrics", "unary_unary"), ("SetAlias", "unary_unary"),
+        ("PinVersion", "unary_unary"), ("DeleteVersion", "unary_unary"), ("ListReports", "unary_unary")]
     assert [(m.name, m.kind) for m in rpc.methods("Inference")] == [
         ("Predict", "unary_unary"), ("Embed", "unary_unary"), ("StreamPredict", "stream_stream"),
         ("Info", "unary_unary"), ("Search", "unary_unary")]
