@@ -21,16 +21,11 @@ import grpc
 
 from shared.errors import CosmoError
 
-from shared.flags import finish_cli, positive
+from shared.flags import finish_cli, positive, setup_logging
 
 from .flags import add_stage1_args
 
 log = logging.getLogger("cloud")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
@@ -465,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    _setup_logging(a.verbose)
+    setup_logging(a.verbose)
     if not getattr(a, "func", None):
         p.print_help()
         return 2

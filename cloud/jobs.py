@@ -58,6 +58,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
             parent_pid: int) -> None:
     """Entry point of the worker process."""
     _die_with(parent_pid)
+    from shared.flags import setup_logging
+    setup_logging(logging.getLogger().getEffectiveLevel() <= logging.INFO)  # spawned: the server's stderr
     import torch
 
     from .pipeline import prepare_from, run_pretrain, run_quality

@@ -17,7 +17,6 @@ Subcommands:
   finetune  Cosmo stage 2 on the device's labeled windows, starting from shipped stage-1 encoders.
 """
 import argparse
-import logging
 import os
 import sys
 import time
@@ -424,8 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if hasattr(a, "name"):  # whether --name was given (info checks it), then its default
         a.name_given, a.name = a.name is not None, a.name or "cosmo-encoders"
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.flags import setup_logging
+    setup_logging(a.verbose)
     if not getattr(a, "func", None):
         p.print_help()
         return 2

@@ -46,6 +46,18 @@ def positive(kind: type, zero: bool = False) -> Any:
     return parse
 
 
+def setup_logging(verbose: bool) -> None:
+    """Both CLIs' logging: one line per record on stderr, INFO with ``-v``. Python warnings of third-party
+    libraries (torch's ONNX exporter, tracer warnings) go through logging and are kept out unless ``-v``,
+    so a daemon's log holds its own lines."""
+    import logging
+    import sys
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
 def fraction(text: str) -> float:
     """An argparse ``type`` for a rate in (0, 1] (``--label-rate``)."""
     try:
@@ -57,4 +69,4 @@ def fraction(text: str) -> float:
     return v
 
 
-__all__ = ["add_field_flags", "finish_cli", "fraction", "positive"]
+__all__ = ["add_field_flags", "finish_cli", "fraction", "positive", "setup_logging"]
