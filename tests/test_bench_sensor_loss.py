@@ -3,19 +3,11 @@ seed, each sensor is switched off in turn, the paired table and the reports are 
 import json
 
 from tests.bench import load_benchmark
+from tests.util import synthetic_pretrain
 
 
 def test_sensor_loss_benchmark_small(tmp_path):
-    from cloud.cli import main as cloud_main
-    from shared.data import make_synthetic
-    ds = make_synthetic(num_subjects=8, windows_per_subject=30, num_classes=3,
-                        modalities=(("a", 32, 3), ("b", 32, 3)), informativeness=(1.0, 0.3), seed=0)
-    ds.save(str(tmp_path / "syn"))
-    cfg = tmp_path / "s1.yaml"
-    cfg.write_text("encoder_widths: [8, 8, 8]\nout_steps: 4\nproj_hidden: 32\nbatch_size: 32\n")
-    out = tmp_path / "cloud"
-    assert cloud_main(["pretrain", "--dataset", str(tmp_path / "syn.npz"), "--config", str(cfg), "--epochs", "1",
-                       "--labels-per-class", "3", "--out", str(out), "--no-progress", "--no-onnx"]) == 0
+    out = synthetic_pretrain(tmp_path, epochs=1, extra=["--no-onnx"])
     bench = load_benchmark("sensor_loss")
     rep = tmp_path / "rep"
     assert bench.main(["--model", str(out), "--labels", str(out / "edge_data"), "--seeds", "0", "1",

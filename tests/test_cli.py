@@ -6,24 +6,15 @@ import pytest
 
 from cloud.cli import main as cloud_main
 from edge.cli import main as edge_main
-from shared.data import make_synthetic
 from shared.data.dataset import MultimodalDataset
 from shared.manifest import read_manifest, verify_files
+from tests.util import synthetic_pretrain
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    ds = make_synthetic(num_subjects=8, windows_per_subject=30, num_classes=3,
-                        modalities=(("a", 32, 3), ("b", 32, 3)), informativeness=(1.0, 0.3), seed=0)
-    ds.save(str(root / "syn"))
-    cfg = root / "s1.yaml"
-    cfg.write_text("encoder_widths: [8, 8, 8]\nout_steps: 4\nproj_hidden: 32\nbatch_size: 32\n")
-    out = root / "cloud"
-    rc = cloud_main(["pretrain", "--dataset", str(root / "syn.npz"), "--config", str(cfg), "--epochs", "2",
-                     "--labels-per-class", "3", "--out", str(out), "--no-progress"])
-    assert rc == 0
-    return root, out
+    return root, synthetic_pretrain(root)
 
 
 def test_pretrain_writes_bundle_manifest_and_edge_data(pretrained):

@@ -26,3 +26,19 @@ def self_signed(tmp_path, name):
                     "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
     return str(cert), str(key)
+
+
+def synthetic_pretrain(root, epochs=2, extra=()):
+    """`cloud-server pretrain` of a small synthetic set (modalities a, b; 3 classes) into root/cloud: its
+    edge data are root/cloud/edge_data. Returns the output folder."""
+    from cloud.cli import main as cloud_main
+    from shared.data import make_synthetic
+    ds = make_synthetic(num_subjects=8, windows_per_subject=30, num_classes=3,
+                        modalities=(("a", 32, 3), ("b", 32, 3)), informativeness=(1.0, 0.3), seed=0)
+    ds.save(str(root / "syn"))
+    cfg = root / "s1.yaml"
+    cfg.write_text("encoder_widths: [8, 8, 8]\nout_steps: 4\nproj_hidden: 32\nbatch_size: 32\n")
+    out = root / "cloud"
+    assert cloud_main(["pretrain", "--dataset", str(root / "syn.npz"), "--config", str(cfg), "--epochs", str(epochs),
+                       "--labels-per-class", "3", "--out", str(out), "--no-progress"] + list(extra)) == 0
+    return out
