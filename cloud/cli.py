@@ -23,7 +23,7 @@ from shared.errors import CosmoError
 
 from shared.flags import finish_cli, positive, setup_logging
 
-from .flags import add_stage1_args
+from .flags import add_package_args, add_stage1_args
 
 log = logging.getLogger("cloud")
 
@@ -328,11 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--batch-size is the global batch; negatives are gathered across ranks).")
     add_stage1_args(pt)
     pt.add_argument("--out", required=True, help="output folder")
-    pt.add_argument("--name", default="cosmo-encoders", help="model name in the manifest")
-    pt.add_argument("--edge-data", help="where to write the edge's labeled/val/test windows (default OUT/edge_data)")
-    pt.add_argument("--features", choices=["encoder", "raw"], default="encoder", help="features scored for quality")
-    pt.add_argument("--no-quality", action="store_true")
-    pt.add_argument("--no-onnx", action="store_true", help="skip the ONNX export of the encoders")
+    add_package_args(pt)
     pt.set_defaults(func=cmd_pretrain)
     q = sub.add_parser("quality", help="score modality quality of a pretrain output")
     q.add_argument("--model", required=True, help="a pretrain output folder")

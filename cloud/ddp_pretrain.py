@@ -12,9 +12,10 @@ All GPUs of one machine (NCCL, one process per GPU)::
 
 Several machines: ``torchrun --nnodes N --node_rank I --master_addr HOST --master_port PORT
 --nproc_per_node G -m cloud.ddp_pretrain ...`` on each. ``--batch-size`` is the global batch (split
-evenly over the processes); negatives are gathered from all processes. Rank 0 writes ``OUT``: the
-stage-1 checkpoint, ``encoders.pt``, ``stage1_config.yaml`` and ``prepared.json`` (so
-``cloud-server quality --model OUT`` can score it afterwards). Without torchrun it runs in one process.
+evenly over the processes); negatives are gathered from all processes. Rank 0 then runs the same stages
+as ``cloud-server pretrain`` after stage 1 (``cloud.pipeline.finish``: edge data, manifest, quality, ONNX),
+so ``OUT`` is a version like any other: ``edge-agent finetune --model OUT`` takes it. Without torchrun it
+runs in one process.
 """
 import argparse
 import logging
@@ -23,17 +24,13 @@ import sys
 from typing import List, Optional
 
 import torch
-import yaml
 
-from shared.contract import STAGE1_CONFIG
-from shared.data import load_named
 from shared.errors import CosmoError
-from shared.experiment import prepare
 from shared.training import distributed
-from shared.training.common import config_dict, write_json
 from shared.training.stage1 import CHECKPOINT, pretrain
 
-from .pipeline import add_stage1_args, stage1_config
+from .flags import add_package_args, add_stage1_args
+from .pipeline import finish, stage1_config, stage_prepare
 
 log = logging.getLogger("cloud.ddp")
 
@@ -43,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
     add_stage1_args(p)
+    add_package_args(p)
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
     p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
                    help="process-group backend (auto: nccl on CUDA, gloo on CPU)")
@@ -53,28 +51,23 @@ def run(a: argparse.Namespace) -> int:
     cfg = stage1_config(a)
     info = distributed.init_from_env(backend=a.backend, device=cfg.device)
     try:
-        if a.label_rate is None and a.labels_per_class is None:
-            a.label_rate = 0.01
-        prep_args = {"dataset": a.dataset, "label_rate": a.label_rate, "labels_per_class": a.labels_per_class,
-                     "seed": cfg.seed, "split_seed": a.split_seed}
-        prep = prepare(load_named(a.dataset), label_rate=a.label_rate, labels_per_class=a.labels_per_class,
-                       seed=cfg.seed, split_seed=a.split_seed)
+        prep, prep_args = stage_prepare(a.out, a.dataset, cfg, a.label_rate, a.labels_per_class, a.split_seed,
+                                        write=info.is_main)
         unl = prep.norm(prep.unlabeled)
         if info.is_main:
             print(unl.summary())
             print("stage 1 on {} process(es) ({}), global batch {}".format(
                 info.world_size, info.backend or "single process", cfg.batch_size))
-            os.makedirs(a.out, exist_ok=True)
-            with open(os.path.join(a.out, STAGE1_CONFIG), "w") as f:
-                yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
-            write_json(os.path.join(a.out, "prepared.json"), prep_args)
             if not a.resume and os.path.exists(os.path.join(a.out, CHECKPOINT)):
                 os.remove(os.path.join(a.out, CHECKPOINT))
         distributed.barrier()
         res = pretrain(unl, cfg, a.out, resume=a.resume, progress=not a.no_progress)
         if info.is_main:
-            print("stage 1: {} epochs in {:.1f} s, final loss {:.4f}; wrote {}".format(
-                cfg.epochs, res["seconds"], res["history"][-1]["loss"], a.out))
+            r = finish(a.out, prep, prep_args, cfg, res, name=a.name, features=a.features,
+                       quality=not a.no_quality, onnx=not a.no_onnx, edge_data=a.edge_data)
+            print("stage 1: {} epochs in {:.1f} s, final loss {:.4f}; wrote {} ({}), edge data in {}".format(
+                cfg.epochs, res["seconds"], res["history"][-1]["loss"], a.out,
+                ", ".join(f["path"] for f in r["manifest"]["files"]), r["edge_data"]))
         return 0
     finally:
         distributed.cleanup()

@@ -23,3 +23,13 @@ def add_stage1_args(p: Any) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_package_args(p: Any) -> None:
+    """What happens after stage 1 (``cloud.pipeline.finish``), shared by ``cloud-server pretrain`` and
+    ``cloud.ddp_pretrain``."""
+    p.add_argument("--name", default="cosmo-encoders", help="model name in the manifest")
+    p.add_argument("--edge-data", help="where to write the edge's labeled/val/test windows (default OUT/edge_data)")
+    p.add_argument("--features", choices=["encoder", "raw"], default="encoder", help="features scored for quality")
+    p.add_argument("--no-quality", action="store_true")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export of the encoders")

@@ -87,12 +87,89 @@ def export_encoders(out: str, modalities: Sequence[str], windows: Sequence[Tuple
     return entries
 
 
+# The pipeline as named stages: the job worker and `cloud-server pretrain` run them all (``run_pretrain``);
+# `torchrun -m cloud.ddp_pretrain` runs ``stage_prepare`` on every rank, stage 1 data-parallel, and
+# ``finish`` on rank 0, so its output is a version like any other (manifest, edge data, quality, ONNX).
+STAGES = ("prepare", "pretrain", "package", "quality", "export")
+
+
+def stage_prepare(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional[float] = None,
+                  labels_per_class: Optional[int] = None, split_seed: int = 0,
+                  write: bool = True) -> Tuple[Prepared, Dict[str, Any]]:
+    """Load and split ``dataset``, sample the labels; with ``write``, save the resolved stage-1 config and
+    ``prepared.json`` (what ``cloud-server quality`` re-prepares from) into ``out``."""
+    if label_rate is None and labels_per_class is None:
+        label_rate = DEFAULT_LABEL_RATE
+    prep_args = {"dataset": dataset, "label_rate": label_rate, "labels_per_class": labels_per_class,
+                 "seed": cfg.seed, "split_seed": split_seed}
+    prep = prepare_from(prep_args)
+    if write:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, CONFIG), "w") as f:
+            yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
+        write_json(os.path.join(out, PREPARED), prep_args)
+    return prep, prep_args
+
+
+def stage_package(out: str, prep: Prepared, prep_args: Dict[str, Any], cfg: Stage1Config, stage1: Dict[str, Any],
+                  name: str, edge_data: Optional[str] = None) -> str:
+    """The edge's labeled / validation / test windows (the demo's stand-in for labels collected on the
+    device) and the manifest draft of the stage-1 files; returns the edge data folder."""
+    unl = prep.norm(prep.unlabeled)
+    edge_dir = edge_data or os.path.join(out, "edge_data")
+    os.makedirs(edge_dir, exist_ok=True)
+    prep.labeled.save(os.path.join(edge_dir, "labeled"))
+    prep.split.val.save(os.path.join(edge_dir, "val"))
+    prep.split.test.save(os.path.join(edge_dir, "test"))
+    model = stage1["model"]
+    man = new_manifest(
+        name=name, schema=input_schema(unl, prep.normalizer), classes=unl.class_names,
+        feature_dim=int(model.heads[0].net[-1].out_features),
+        lineage={"dataset": prep_args["dataset"], "dataset_sha256": dataset_hash(unl),
+                 "config_sha256": stable_hash(config_dict(cfg)), "prepare": prep_args, "parent_version": None},
+        metrics={"stage1_loss": stage1["history"][-1]["loss"], "stage1_seconds": stage1["seconds"],
+                 "unlabeled_windows": len(unl)})
+    man["encoders"] = [{"modality": m, "out_steps": e.out_steps, "out_features": e.out_features,
+                        "feature_dim": e.feature_dim} for m, e in zip(unl.modalities, model.encoders)]
+    man["files"] = [file_entry(out, ENCODERS, KIND_STATE_DICT), file_entry(out, CONFIG, KIND_CONFIG)]
+    write_json(os.path.join(out, MANIFEST), man)
+    return edge_dir
+
+
+def stage_export(out: str, prep: Prepared) -> Dict[str, Any]:
+    """ONNX export of every encoder into the manifest; returns the manifest."""
+    unl = prep.unlabeled
+    man = read_manifest(os.path.join(out, MANIFEST))
+    man["files"] += export_encoders(out, unl.modalities, [(a.shape[1], a.shape[2]) for a in unl.x.values()])
+    write_json(os.path.join(out, MANIFEST), man)
+    return man
+
+
+def finish(out: str, prep: Prepared, prep_args: Dict[str, Any], cfg: Stage1Config, stage1: Dict[str, Any],
+           name: str = "cosmo-encoders", features: str = "encoder", quality: bool = True, onnx: bool = True,
+           edge_data: Optional[str] = None,
+           report: Optional[Callable[..., None]] = None) -> Dict[str, Any]:
+    """The stages after stage 1: package -> quality -> export. Returns ``{"manifest", "prepared", "stage1",
+    "quality", "edge_data"}``."""
+    report = report or (lambda **kw: None)
+    edge_dir = stage_package(out, prep, prep_args, cfg, stage1, name, edge_data)
+    q = None
+    if quality:
+        report(stage="quality", message="scoring modality quality")
+        q = run_quality(out, prep.norm(prep.unlabeled), features, cfg.seed)
+    if onnx:
+        report(stage="export", message="exporting encoders to ONNX (opset 13)")
+        stage_export(out, prep)
+    return {"manifest": read_manifest(os.path.join(out, MANIFEST)), "prepared": prep, "stage1": stage1,
+            "quality": q, "edge_data": edge_dir}
+
+
 def run_pretrain(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional[float] = None,
                  labels_per_class: Optional[int] = None, split_seed: int = 0, name: str = "cosmo-encoders",
                  features: str = "encoder", quality: bool = True, onnx: bool = True, resume: bool = True,
                  progress: bool = True, edge_data: Optional[str] = None,
                  on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """The whole cloud pipeline into ``out``; returns ``{"manifest", "prepared", "stage1", "quality"}``.
+    """Every stage into ``out`` (``STAGES``); returns what ``finish`` returns.
 
     ``on_progress`` receives ``{"stage": ..., "epoch", "epochs", "loss", "eta_seconds", "message"}`` dicts.
     """
@@ -100,47 +177,12 @@ def run_pretrain(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional
         if on_progress is not None:
             on_progress(kw)
 
-    if label_rate is None and labels_per_class is None:
-        label_rate = DEFAULT_LABEL_RATE
-    prep_args = {"dataset": dataset, "label_rate": label_rate, "labels_per_class": labels_per_class,
-                 "seed": cfg.seed, "split_seed": split_seed}
     report(stage="prepare", message="loading {}".format(dataset))
-    prep = prepare_from(prep_args)
-    os.makedirs(out, exist_ok=True)
-    unl = prep.norm(prep.unlabeled)
-    with open(os.path.join(out, CONFIG), "w") as f:
-        yaml.safe_dump(config_dict(cfg), f, sort_keys=True)
-    write_json(os.path.join(out, PREPARED), prep_args)
+    prep, prep_args = stage_prepare(out, dataset, cfg, label_rate, labels_per_class, split_seed)
 
     def epoch_done(row: Dict[str, Any]) -> None:
         report(stage="pretrain", epoch=row["epoch"] + 1, epochs=row["epochs"], loss=row["loss"],
                eta_seconds=row["eta_seconds"])
-    res = pretrain(unl, cfg, out, resume=resume, progress=progress, on_epoch=epoch_done)
-    edge_dir = edge_data or os.path.join(out, "edge_data")
-    os.makedirs(edge_dir, exist_ok=True)
-    prep.labeled.save(os.path.join(edge_dir, "labeled"))
-    prep.split.val.save(os.path.join(edge_dir, "val"))
-    prep.split.test.save(os.path.join(edge_dir, "test"))
-    model = res["model"]
-    man = new_manifest(
-        name=name, schema=input_schema(unl, prep.normalizer), classes=unl.class_names,
-        feature_dim=int(model.heads[0].net[-1].out_features),
-        lineage={"dataset": dataset, "dataset_sha256": dataset_hash(unl), "config_sha256": stable_hash(config_dict(cfg)),
-                 "prepare": prep_args, "parent_version": None},
-        metrics={"stage1_loss": res["history"][-1]["loss"], "stage1_seconds": res["seconds"],
-                 "unlabeled_windows": len(unl)})
-    man["encoders"] = [{"modality": m, "out_steps": e.out_steps, "out_features": e.out_features,
-                        "feature_dim": e.feature_dim} for m, e in zip(unl.modalities, model.encoders)]
-    man["files"] = [file_entry(out, ENCODERS, KIND_STATE_DICT), file_entry(out, CONFIG, KIND_CONFIG)]
-    write_json(os.path.join(out, MANIFEST), man)
-    q = None
-    if quality:
-        report(stage="quality", message="scoring modality quality")
-        q = run_quality(out, unl, features, cfg.seed)
-    if onnx:
-        report(stage="export", message="exporting encoders to ONNX (opset 13)")
-        man = read_manifest(os.path.join(out, MANIFEST))
-        man["files"] += export_encoders(out, unl.modalities, [(a.shape[1], a.shape[2]) for a in unl.x.values()])
-        write_json(os.path.join(out, MANIFEST), man)
-    return {"manifest": read_manifest(os.path.join(out, MANIFEST)), "prepared": prep, "stage1": res,
-            "quality": q, "edge_data": edge_dir}
+    res = pretrain(prep.norm(prep.unlabeled), cfg, out, resume=resume, progress=progress, on_epoch=epoch_done)
+    return finish(out, prep, prep_args, cfg, res, name=name, features=features, quality=quality, onnx=onnx,
+                  edge_data=edge_data, report=report)

@@ -226,8 +226,15 @@ def test_torchrun_entry_point_writes_encoders_like_one_process(tmp_path):
                           universal_newlines=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert proc.stdout.count("stage 1 on 2 process(es) (gloo)") == 1  # rank 0 alone prints
-    assert sorted(os.listdir(str(tmp_path / "two"))) == ["encoders.pt", "prepared.json", "stage1_config.yaml",
-                                                         "stage1_last.pt"]
+    names = set(os.listdir(str(tmp_path / "two")))
+    assert {"encoders.pt", "prepared.json", "stage1_config.yaml", "stage1_last.pt", "manifest.json",
+            "edge_data", "quality.json"} <= names and any(n.endswith(".onnx") for n in names)
+    assert set(os.listdir(str(tmp_path / "one"))) == names  # one process or two: the same version
+    # the DDP output is a version like any other: edge-agent finetune takes it
+    from edge.cli import main as edge_main
+    assert edge_main(["finetune", "--model", str(tmp_path / "two"), "--labels", str(tmp_path / "two" / "edge_data"),
+                      "--out", str(tmp_path / "ft"), "--epochs", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "ft" / "finetuned.pt").exists()
     one = load_encoder_bundle(str(tmp_path / "one" / "encoders.pt"))
     two = load_encoder_bundle(str(tmp_path / "two" / "encoders.pt"))
     for ea, eb in zip(one, two):
