@@ -215,8 +215,10 @@ class JobRunner(object):
                                              error="worker exited with code {}".format(p.exitcode))
             if len(self._procs) >= self.max_jobs:
                 return
-            queued = sorted(self.registry.list_jobs(states=["QUEUED"]), key=lambda j: j["created_at"])
-            for j in queued[: self.max_jobs - len(self._procs)]:
+            while len(self._procs) < self.max_jobs:
+                j = self.registry.claim_next_job()  # atomic: QUEUED -> RUNNING, oldest first
+                if j is None:
+                    break
                 self.registry.update_job(j["id"], state="RUNNING", progress={"stage": "starting"})
                 p = self._ctx.Process(target=_worker, name="job-" + j["id"][:8],
                                       args=(j["id"], self.data_dir, j["kind"], j["dataset"], j["config_json"],
@@ -241,15 +243,6 @@ class JobRunner(object):
                                              progress={"stage": "queued", "message": "interrupted by shutdown; "
                                                        "resumes from its last checkpoint"})
             self._procs.clear()
-
-    def wait_idle(self, timeout: float) -> bool:
-        end = time.time() + timeout
-        while time.time() < end:
-            if not self.registry.list_jobs(states=["QUEUED", "RUNNING"]):
-                return True
-            time.sleep(self.poll_s)
-        return False
-
 
 def job_dir(data_dir: str, job_id: str) -> str:
     return os.path.join(data_dir, "jobs", job_id)

@@ -30,10 +30,6 @@ def report(r: Dict[str, Any]) -> Any:
                              for s in r.get("stages") or []])
 
 
-def manifest_of(msg: Any) -> Dict[str, Any]:
-    return json.loads(msg.manifest_json)
-
-
 EVENT_KINDS = {"PUBLISHED": 1, "ALIAS_MOVED": 2, "DELETED": 3, "CURRENT": 4}
 
 

@@ -177,9 +177,6 @@ class MultimodalDataset:
         return MultimodalDataset(x=self.x, specs=self.specs, labels=labels, subjects=self.subjects,
                                  class_names=self.class_names, name=self.name, meta=dict(self.meta))
 
-    def class_counts(self) -> Dict[str, int]:
-        return OrderedDict((c, int((self.labels == i).sum())) for i, c in enumerate(self.class_names))
-
     def summary(self) -> str:
         parts = ["{}: {} windows, {} subjects, classes {}".format(
             self.name or "dataset", len(self), len(np.unique(self.subjects)), self.class_names)]

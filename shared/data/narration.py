@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from dataclasses import dataclass
@@ -217,9 +217,3 @@ def read_ego4d(imu_dir: str, narrations_json: str, window_s: float = 5.0, rate_h
                              name="ego4d")
     return NarratedDataset(data, texts)
 
-
-def texts_by_class(nd: NarratedDataset) -> Dict[str, List[str]]:
-    out = OrderedDict()  # type: Dict[str, List[str]]
-    for y, t in zip(nd.data.labels, nd.texts):
-        out.setdefault(nd.data.class_names[y], []).append(t)
-    return out

@@ -2,7 +2,6 @@
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -38,13 +37,6 @@ class QualityGuidedAttention(nn.Module):
             raise ConfigError("quality must be {} non-negative scores with a positive sum, got {}".format(
                 m, list(quality) if quality is not None else None))
         self.register_buffer("beta_qom", q / q.sum())
-
-    def set_quality(self, quality: Sequence[float]) -> None:
-        q = torch.as_tensor([float(v) for v in quality], dtype=self.beta_qom.dtype)
-        if q.shape != self.beta_qom.shape or (q < 0).any() or float(q.sum()) <= 0:
-            raise ConfigError("quality must be {} non-negative scores with a positive sum, got {}".format(
-                self.beta_qom.shape[0], list(quality)))
-        self.beta_qom.copy_(q / q.sum())
 
     def forward(self, zs: List[torch.Tensor], present: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +123,3 @@ class CosmoModel(nn.Module):
         """``(logits, beta, embedding)``: ``forward`` plus the fused embedding (GRU last hidden state)."""
         hs = [enc(x) for enc, x in zip(self.encoders, xs)]
         return self.classifier.forward_with_embedding(hs, present)
-
-    def predict_proba(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        logits, _ = self.forward(xs)
-        return F.softmax(logits, dim=1)

@@ -5,7 +5,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type, TypeVar
 
 import numpy as np
 import torch
@@ -184,7 +184,3 @@ def save_torch_atomic(obj: Any, path: str) -> None:
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
-
-def mean_std(values: Sequence[float]) -> str:
-    a = np.asarray(values, np.float64)
-    return "{:.2f} ± {:.2f}".format(100 * a.mean(), 100 * a.std())

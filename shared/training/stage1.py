@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from torch import nn
 
 from ..contract import ENCODERS  # noqa: F401  (re-exported)
@@ -337,8 +337,3 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
     return {"history": history, "seconds": time.time() - t0, "epochs_run": config.epochs - start_epoch,
             "model": model}
 
-
-def replace_config(cfg: Stage1Config, **kw: Any) -> Stage1Config:
-    out = replace(cfg, **kw)
-    out.check()
-    return out
