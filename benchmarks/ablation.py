@@ -35,7 +35,7 @@ from shared.data.hapt import load_hapt  # noqa: E402
 from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
 from shared.training import (Stage1Config, Stage2Config, build_encoders, evaluate, finetune,  # noqa: E402
                              load_encoder_bundle, pretrain)
-from shared.training.common import cached_json, write_json  # noqa: E402
+from shared.files import cached_json, write_json  # noqa: E402
 
 SETTINGS = [("1/class", None, 1), ("5/class", None, 5), ("1%", 0.01, None), ("5%", 0.05, None)]
 
@@ -56,7 +56,7 @@ def linear_probe(encs: List[torch.nn.Module], lab: Any, val: Any, test: Any) -> 
             best = (acc, c, clf)
     assert best is not None
     pred = best[2].predict((xt - mu) / sd)
-    from shared.training.common import accuracy_f1
+    from shared.metrics import accuracy_f1
     m = accuracy_f1(test.labels, pred, test.num_classes)
     return {"C": best[1], "val_accuracy": best[0], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 

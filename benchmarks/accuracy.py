@@ -48,7 +48,7 @@ from shared.data.hapt import load_hapt  # noqa: E402
 from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
 from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,  # noqa: E402
                              pretrain)
-from shared.training.common import cached_json, write_json  # noqa: E402
+from shared.files import cached_json, write_json  # noqa: E402
 
 # (name, rate, per_class) per dataset
 SETTINGS = OrderedDict([

@@ -56,7 +56,8 @@ from shared.losses.distillation import DISTILLATION_LOSSES  # noqa: E402
 from shared.retrieval import class_map, retrieval_metrics, zero_shot  # noqa: E402
 from shared.text import TextEncoder  # noqa: E402
 from shared.training.align import AlignConfig, embed, train_alignment  # noqa: E402
-from shared.training.common import cached_json, config_dict, write_json  # noqa: E402
+from shared.config import config_dict  # noqa: E402
+from shared.files import cached_json, write_json  # noqa: E402
 
 KD_ORDER = ["similarity_preserving", "nst", "attention_transfer", "correlation_congruence", "pkt", "rkd",
             "fitnets", "activation_boundaries", "soft_target", "logits"]

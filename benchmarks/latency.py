@@ -40,8 +40,8 @@ DEMO_WINDOWS = os.path.join(ROOT, "runs", "demo", "edge", "labels", "test.npz")
 # the floor: a server from edge.service + edge.runtime alone (no CLI, no agent), serving the same model
 BARE_SERVER = r"""
 import os, sys, threading
-from edge.runtime import Runtime
-from edge.service import ModelHolder, serve_inference
+from edge.runtime import Runtime  # noqa: E402
+from edge.service import ModelHolder, serve_inference  # noqa: E402
 server, port = serve_inference(ModelHolder(Runtime.load(sys.argv[1])), sys.argv[2])
 with open(sys.argv[3] + ".tmp", "w") as f:
     f.write(str(port))

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shared.energy import EnergyMonitor, Meter, detect, detect_report  # noqa: E402
 from shared.training import Stage1Config, Stage2Config  # noqa: E402
-from shared.training.common import write_json  # noqa: E402
+from shared.files import write_json  # noqa: E402
 
 WINDOW_MULTS = (1, 2, 4, 8)
 MODALITY_COUNTS = (2, 3, 4)

@@ -35,7 +35,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from shared.training.common import write_json  # noqa: E402
+from shared.files import write_json  # noqa: E402
 
 FULL_ACCURACY = ["--s1-epochs", "10", "--s2-epochs", "100", "--s2-max-steps", "500"]
 BASELINES_FOR_RATIO = ("DeepSense", "AttnSense")

@@ -26,7 +26,10 @@ from shared.manifest import MANIFEST, file_entry, input_schema, new_manifest
 from shared.retrieval import class_map, retrieval_metrics, zero_shot
 from shared.text import TextEncoder
 from shared.training.align import AlignConfig, embed, train_alignment
-from shared.training.common import config_dict, save_torch_atomic, stable_hash, write_json
+from shared.training.common import save_torch_atomic
+from shared.config import config_dict
+from shared.files import write_json
+from shared.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 

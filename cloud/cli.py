@@ -259,7 +259,7 @@ def cmd_registry(a: argparse.Namespace) -> int:
 
 def cmd_align(a: argparse.Namespace) -> int:
     from shared.training.align import AlignConfig
-    from shared.training.common import config_from_dict
+    from shared.config import config_from_dict
 
     from .align import ALIGN_DEFAULTS, default_encoder, export_aligned, publish_aligned, run_align, summary
     from .align import text_encoder_folder
@@ -290,7 +290,7 @@ def cmd_align(a: argparse.Namespace) -> int:
 
 
 def cmd_cross_modal(a: argparse.Namespace) -> int:
-    from shared.training.common import write_json
+    from shared.files import write_json
 
     from .align import cross_modal_retrieval
     r = cross_modal_retrieval(a.stage1, a.dataset, split_seed=a.split_seed, pool=a.pool)

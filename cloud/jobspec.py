@@ -143,7 +143,8 @@ def validate(kind: str, dataset: str, config_json: str, datasets_dir: Optional[s
     """Check a submission; raise ``ConfigError`` naming the field. Returns ``{"job": job keys, "stage1": the
     rest of the config, "resolved": the training config, "dataset": the load_named argument}``.
     (Imports the training configs on first use: the daemon loads torch only once jobs are submitted.)"""
-    from shared.training.common import config_from_dict, pick_device
+    from shared.training.common import pick_device
+    from shared.config import config_from_dict
 
     if kind not in KINDS:
         raise ConfigError("field 'kind' must be one of {}, got {}".format(list(KINDS), clip(kind)))

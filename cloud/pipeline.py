@@ -16,7 +16,9 @@ from shared.errors import CosmoError
 from shared.experiment import Prepared, prepare
 from shared.export import export_onnx
 from shared.manifest import MANIFEST, file_entry, input_schema, new_manifest, read_manifest
-from shared.training.common import config_dict, dataset_hash, load_config, stable_hash, write_json
+from shared.config import config_dict, load_config
+from shared.files import write_json
+from shared.hashing import dataset_hash, stable_hash
 from shared.training.stage1 import ENCODERS, Stage1Config, load_encoder_bundle, pretrain
 
 from .flags import add_stage1_args  # noqa: F401  (re-exported for cloud.ddp_pretrain)

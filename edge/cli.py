@@ -29,7 +29,7 @@ from shared.errors import CosmoError
 
 
 def cmd_finetune(a: argparse.Namespace) -> int:
-    from shared.training.common import load_config
+    from shared.config import load_config
     from shared.training.stage2 import Stage2Config
 
     from .finetune import run_finetune, summarize
@@ -89,7 +89,7 @@ def _agent(a: argparse.Namespace, channel: bool = True, existing: bool = False) 
     from .runtime import SessionSettings
 
     def config() -> Any:  # built when a fine-tune runs (training imports torch)
-        from shared.training.common import load_config
+        from shared.config import load_config
         from shared.training.stage2 import Stage2Config
         return load_config(Stage2Config, getattr(a, "config", None), {
             "seed": getattr(a, "seed", None), "epochs": getattr(a, "epochs", None),

@@ -9,7 +9,9 @@ from shared.data.dataset import MultimodalDataset
 from shared.contract import FINETUNED, METRICS
 from shared.errors import DataError
 from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
-from shared.training.common import config_dict, save_torch_atomic, write_json
+from shared.training.common import save_torch_atomic
+from shared.config import config_dict
+from shared.files import write_json
 from shared.training.stage1 import ENCODERS, build_encoders, load_encoder_bundle
 from shared.training.stage2 import Stage2Config, evaluate, finetune
 
@@ -29,7 +31,7 @@ def load_finetuned(finetuned_path: str, encoders_path: str, modalities: Sequence
     """Rebuild the fine-tuned ``CosmoModel`` (eval mode, CPU) from ``finetuned.pt`` + the encoder bundle."""
     import torch
 
-    from shared.training.common import config_from_dict
+    from shared.config import config_from_dict
     from shared.training.stage2 import build_model
 
     if not os.path.isfile(finetuned_path):

@@ -1,7 +1,7 @@
 """Small file helpers without heavy imports (the edge's serving path uses them; no torch here)."""
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -14,4 +14,15 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["write_json"]
+def cached_json(path: str, fn: Callable[[], Any]) -> Any:
+    """The JSON at ``path`` if it exists, else ``fn()``, written there atomically (a resumable run's
+    cache: a run that finished is read back, never redone)."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    out = fn()
+    write_json(path, out)
+    return out
+
+
+__all__ = ["cached_json", "write_json"]

@@ -61,7 +61,7 @@ def zero_shot(embeddings: np.ndarray, class_text_embeddings: np.ndarray, labels:
 
     ``class_text_embeddings [K, d]`` may average several prompts per class before being passed in.
     """
-    from .training.common import accuracy_f1
+    from .metrics import accuracy_f1
 
     pred = (l2n(embeddings) @ l2n(class_text_embeddings).T).argmax(1)
     m = accuracy_f1(np.asarray(labels), pred, len(class_names))

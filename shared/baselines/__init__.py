@@ -35,7 +35,8 @@ from dataclasses import dataclass, replace
 
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, DataError
-from ..training.common import config_from_dict, seed_everything
+from ..training.common import seed_everything
+from ..config import config_from_dict
 from ..training.stage2 import Stage2Config, finetune
 from .attnsense import AttnSenseHead, AttnSenseModel, build_attnsense
 from .cmc import CMCConfig, cmc_loss, pretrain_cmc

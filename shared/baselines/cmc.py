@@ -31,7 +31,7 @@ from torch import nn
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, DataError
 from ..losses import SymmetricInfoNCE
-from ..training.common import augment, iterate_batches, pick_device, seed_everything
+from ..training.common import augment, iterate_batches, make_optimizer, pick_device, seed_everything
 from ..training.stage1 import Stage1Model, build_encoders
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def run_pretraining(model: nn.Module, step_loss: Callable[[List[torch.Tensor]], 
 
     device = pick_device(config.device)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer("adam", model.parameters(), config.lr, config.weight_decay)
     xs_all = [torch.from_numpy(a) for a in unlabeled.x.values()]
     rng = np.random.RandomState(config.seed)
     history = []  # type: List[Dict[str, float]]

@@ -34,7 +34,7 @@ from ..losses.distillation import DISTILLATION_LOSSES, CombinedAlignmentLoss, bu
 from ..losses.triplet import TripletLoss
 from ..models.encoders import build_encoder, encoder_config
 from ..retrieval import retrieval_metrics
-from .common import augment, iterate_batches, pick_device, seed_everything
+from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,7 @@ def train_alignment(x_train: np.ndarray, text_train: np.ndarray, x_val: np.ndarr
     model = AlignModel(build_encoder(config.encoder, **enc_cfg), int(text_train.shape[1])).to(device)
     loss_fn = build_alignment_loss(config).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    opt = {"adam": lambda: torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay),
-           "adagrad": lambda: torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay),
-           "sgd": lambda: torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay),
-           }[config.optimizer]()
+    opt = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
     xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32))
     tt = torch.from_numpy(np.ascontiguousarray(text_train, np.float32))
     rng = np.random.RandomState(config.seed)

@@ -28,7 +28,8 @@ from ..errors import ConfigError, CosmoError, DataError
 from ..losses import ContrastiveFusionLoss, FusionViews
 from ..models.encoders import build_encoder, encoder_spec
 from ..models.heads import ProjectionHead
-from .common import (augment, config_dict, iterate_batches, pick_device, save_torch_atomic, seed_everything)
+from .common import augment, iterate_batches, make_optimizer, pick_device, save_torch_atomic, seed_everything
+from ..config import config_dict
 from .distributed import (all_gather_object, barrier, broadcast_flag, broadcast_object, current, gather_with_grad,
                           sync_batchnorm, sync_batchnorm_kind, wrap_ddp)
 
@@ -228,11 +229,7 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
                  config.batch_size // info.world_size, sync_batchnorm_kind(device))
     fusion = FusionViews(config.num_views // config.input_views, config.fusion, config.concentration)
     criterion = ContrastiveFusionLoss(config.temperature)
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)  # type: torch.optim.Optimizer
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
     net = wrap_ddp(Stage1Views(model, fusion, config.input_views, config.jitter, config.scale), device)
     if info.distributed:
         torch.manual_seed(config.seed + info.rank)  # per-rank dropout / augmentation / Dirichlet streams

@@ -20,7 +20,8 @@ from torch import nn
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, DataError
 from ..models.classifier import CosmoClassifier, CosmoModel
-from .common import accuracy_f1, augment, iterate_batches, pick_device, seed_everything, to_tensors
+from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
+from ..metrics import accuracy_f1
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,8 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     enc_params = list(model.encoders.parameters())
     clf_params = list(model.classifier.parameters())
 
-    def make_opt(params: List[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
-
-    opt_enc, opt_clf = make_opt(enc_params, config.encoder_lr), make_opt(clf_params, config.classifier_lr)
+    opt_enc, opt_clf = [make_optimizer(config.optimizer, ps, lr, config.weight_decay, config.momentum)
+                        for ps, lr in ((enc_params, config.encoder_lr), (clf_params, config.classifier_lr))]
     xs_all = to_tensors(labeled, device=device)
     y_all = torch.from_numpy(labeled.labels).to(device)
     rng = np.random.RandomState(config.seed)

@@ -15,7 +15,7 @@ from edge.index import WindowIndex
 from edge.runtime import InputError
 from shared.errors import CosmoError, DataError
 from shared.manifest import MANIFEST, file_entry, new_manifest
-from shared.training.common import write_json
+from shared.files import write_json
 
 pytest.importorskip("onnxruntime")
 

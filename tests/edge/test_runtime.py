@@ -16,7 +16,9 @@ from shared.errors import CosmoError
 from shared.experiment import prepare
 from shared.manifest import MANIFEST, input_schema, new_manifest
 from shared.models.encoders import encoder_spec
-from shared.training.common import config_dict, save_torch_atomic, write_json
+from shared.training.common import save_torch_atomic
+from shared.config import config_dict
+from shared.files import write_json
 from shared.training.stage1 import build_encoders
 from shared.training.stage2 import Stage2Config, finetune
 

@@ -7,7 +7,7 @@ from shared.errors import ConfigError, DataError
 from shared.experiment import prepare
 from shared.training import (Stage1Config, Stage2Config, build_encoders, config_from_dict, finetune,
                              load_encoder_bundle, phase_of, pretrain)
-from shared.training.common import accuracy_f1
+from shared.metrics import accuracy_f1
 
 S1 = dict(epochs=3, batch_size=32, encoder_widths=(8, 8, 8), out_steps=4, proj_hidden=32, proj_dim=16,
           num_views=4, device="cpu")
