@@ -12,7 +12,9 @@ from shared.manifest import check_compatible, read_manifest, schema_normalizer, 
 from shared.training.common import save_torch_atomic
 from shared.config import config_dict
 from shared.files import write_json
-from shared.training.stage1 import ENCODERS, build_encoders, load_encoder_bundle
+from shared.models.bundle import load_encoder_bundle
+from shared.contract import ENCODERS
+from shared.training.stage1 import build_encoders
 from shared.training.stage2 import Stage2Config, evaluate, finetune
 
 log = logging.getLogger(__name__)

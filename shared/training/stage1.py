@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..contract import ENCODERS  # noqa: F401  (re-exported)
+from ..models.bundle import encoder_bundle, load_encoder_bundle  # noqa: F401  (re-exported)
 from ..data.dataset import ModalitySpec, MultimodalDataset
 from ..errors import ConfigError, CosmoError, DataError
 from ..losses import ContrastiveFusionLoss, FusionViews
-from ..models.encoders import build_encoder, encoder_spec
+from ..models.encoders import build_encoder
 from ..models.heads import ProjectionHead
 from .common import augment, iterate_batches, make_optimizer, pick_device, save_torch_atomic, seed_everything
 from ..config import config_dict
@@ -146,34 +147,6 @@ def stage1_loss(net: nn.Module, xs: List[torch.Tensor], criterion: ContrastiveFu
     gradients equal the single-process gradients on the global batch (see ``distributed``).
     """
     return criterion(gather_with_grad(net(xs)))
-
-
-def encoder_bundle(model: Stage1Model, specs: Sequence[ModalitySpec]) -> Dict[str, Any]:
-    """What the edge needs to rebuild the encoders: specs + state dicts (torch-1.10 loadable)."""
-    return {
-        "format": "cosmo-har/encoders",
-        "modalities": [s.name for s in specs],
-        "encoders": [encoder_spec(e) for e in model.encoders],
-        "state_dicts": [{k: v.detach().cpu() for k, v in e.state_dict().items()} for e in model.encoders],
-    }
-
-
-def load_encoder_bundle(path: str, map_location: str = "cpu") -> List[nn.Module]:
-    """Rebuild the encoders saved by ``pretrain`` (``encoders.pt``), in modality order."""
-    if not os.path.isfile(path):
-        raise DataError("{}: encoder file not found".format(path))
-    try:
-        b = torch.load(path, map_location=map_location)
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise DataError("{}: corrupt or unreadable encoder file: {}".format(path, e)) from e
-    if not isinstance(b, dict) or b.get("format") != "cosmo-har/encoders":
-        raise DataError("{}: not a cosmo-har encoder bundle".format(path))
-    encs = []
-    for spec, sd in zip(b["encoders"], b["state_dicts"]):
-        e = build_encoder(spec["name"], **spec["config"])
-        e.load_state_dict(sd)
-        encs.append(e)
-    return encs
 
 
 def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, resume: bool = True,
