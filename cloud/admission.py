@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from shared.config import not_positive
 from shared.errors import status_details
 
 from .registry import MAX_CHUNK_SIZE, InvalidArgument
@@ -55,10 +56,9 @@ class ServerLimits:
     executor_threads: int = 4
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise InvalidArgument(f.name, "must be a number > 0, got {!r}".format(v))
+        bad = not_positive(self)
+        if bad:
+            raise InvalidArgument(bad, "must be a number > 0, got {!r}".format(getattr(self, bad)))
 
     def grpc_options(self) -> list[tuple[str, Any]]:
         """Channel arguments of the server: keepalive, message sizes, and no port sharing (SO_REUSEPORT

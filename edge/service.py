@@ -30,13 +30,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from edge.aligned import AlignedRuntime
 from edge.holders import AlignedHolder, ModelHolder
 from edge.runtime import InputError, Runtime
 from edge.wire import TooLarge, Windower, decode_windows, prediction_response
 from shared import rpc
+from shared.config import not_positive
 from shared.errors import CosmoError, clip, status_details
 from shared.rpc import pb
 from shared.rpc.auth import TokenAuth
@@ -77,10 +78,9 @@ class EdgeLimits:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise CosmoError("--{}: must be a number > 0, got {!r}".format(f.name.replace("_", "-"), v))
+        bad = not_positive(self)
+        if bad:
+            raise CosmoError("--{}: must be a number > 0, got {!r}".format(bad.replace("_", "-"), getattr(self, bad)))
 
 
 class _Abort(Exception):

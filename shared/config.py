@@ -78,4 +78,13 @@ def config_dict(cfg: Any) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
-__all__ = ["config_dict", "config_from_dict", "load_config"]
+def not_positive(cfg: Any) -> Optional[str]:
+    """The first field of dataclass ``cfg`` that is not a number > 0 (limits are), or None."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            return f.name
+    return None
+
+
+__all__ = ["config_dict", "config_from_dict", "load_config", "not_positive"]
