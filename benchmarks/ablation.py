@@ -14,8 +14,8 @@ pretrained encoders against frozen random encoders.
 Writes ``results.json``, ``report.md`` and ``ablation.png`` into ``--out``; every run is cached there so
 an interrupted benchmark resumes where it stopped.
 
-    python benchmarks/ablation.py --out results/ablation            # the full table (about 1 h here)
-    python benchmarks/ablation.py --out results/ablation-quick --quick
+    python -m benchmarks.ablation --out results/ablation            # the full table (about 1 h here)
+    python -m benchmarks.ablation --out results/ablation-quick --quick
 """
 import argparse
 import os
@@ -28,14 +28,13 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.quality import encoder_features, score_quality  # noqa: E402
-from shared.data.hapt import load_hapt  # noqa: E402
-from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
-from shared.training import (Stage1Config, Stage2Config, build_encoders, evaluate, finetune,  # noqa: E402
+from cloud.quality import encoder_features, score_quality
+from shared.data.hapt import load_hapt
+from shared.data.splits import Normalizer, sample_labels, subject_split
+from shared.training import (Stage1Config, Stage2Config, build_encoders, evaluate, finetune,
                              load_encoder_bundle, pretrain)
-from shared.files import cached_json, write_json  # noqa: E402
+from shared.files import cached_json, write_json
 
 SETTINGS = [("1/class", None, 1), ("5/class", None, 5), ("1%", 0.01, None), ("5%", 0.05, None)]
 

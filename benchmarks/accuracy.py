@@ -22,9 +22,9 @@ Writes ``results.json``, ``report.md``, ``accuracy_vs_labels.png`` and ``unlabel
 The cache is keyed by dataset, seed, setting and method, not by epochs: use a fresh ``--out`` when
 changing ``--s1-epochs``/``--s2-epochs``.
 
-    python benchmarks/accuracy.py --out results/accuracy                 # 3 seeds, no step cap (many hours here)
-    python benchmarks/suite.py                                           # the suite's full run (capped steps)
-    python benchmarks/accuracy.py --out results/accuracy-quick --quick   # a smoke run (about 10 min)
+    python -m benchmarks.accuracy --out results/accuracy                 # 3 seeds, no step cap (many hours here)
+    python -m benchmarks.suite                                           # the suite's full run (capped steps)
+    python -m benchmarks.accuracy --out results/accuracy-quick --quick   # a smoke run (about 10 min)
 """
 import argparse
 import os
@@ -38,17 +38,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.quality import encoder_features, score_quality  # noqa: E402
-from shared.baselines import BASELINES, CMCConfig, CPCConfig, train_baseline  # noqa: E402
-from shared.data.basicmotions import load_basicmotions  # noqa: E402
-from shared.data.dataset import MultimodalDataset  # noqa: E402
-from shared.data.hapt import load_hapt  # noqa: E402
-from shared.data.splits import Normalizer, sample_labels, subject_split  # noqa: E402
-from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,  # noqa: E402
+from cloud.quality import encoder_features, score_quality
+from shared.baselines import BASELINES, CMCConfig, CPCConfig, train_baseline
+from shared.data.basicmotions import load_basicmotions
+from shared.data.dataset import MultimodalDataset
+from shared.data.hapt import load_hapt
+from shared.data.splits import Normalizer, sample_labels, subject_split
+from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,
                              pretrain)
-from shared.files import cached_json, write_json  # noqa: E402
+from shared.files import cached_json, write_json
 
 # (name, rate, per_class) per dataset
 SETTINGS = OrderedDict([

@@ -32,13 +32,12 @@ plain triplet and triplet with the cyclic-shift negative; batch 32 vs 256. Here,
 Every run is cached as ``runs/<key>.json`` in ``--out`` (an interrupted benchmark resumes); writes
 ``results.json``, ``report.md`` and ``alignment.png``.
 
-    OMP_NUM_THREADS=1 python benchmarks/alignment.py --out results/alignment
-    python benchmarks/alignment.py --out /tmp/al --quick --synthetic      # seconds: synthetic data + hash text
+    OMP_NUM_THREADS=1 python -m benchmarks.alignment --out results/alignment
+    python -m benchmarks.alignment --out /tmp/al --quick --synthetic      # seconds: synthetic data + hash text
 """
 import argparse
 import hashlib
 import os
-import sys
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
@@ -46,18 +45,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.align import class_prompts, imu_array  # noqa: E402
-from shared.data import load_named, make_synthetic  # noqa: E402
-from shared.data.narration import narrate  # noqa: E402
-from shared.data.splits import Normalizer, subject_split  # noqa: E402
-from shared.losses.distillation import DISTILLATION_LOSSES  # noqa: E402
-from shared.retrieval import class_map, retrieval_metrics, zero_shot  # noqa: E402
-from shared.text import TextEncoder  # noqa: E402
-from shared.training.align import AlignConfig, embed, train_alignment  # noqa: E402
-from shared.config import config_dict  # noqa: E402
-from shared.files import cached_json, write_json  # noqa: E402
+from cloud.align import class_prompts, imu_array
+from shared.data import load_named, make_synthetic
+from shared.data.narration import narrate
+from shared.data.splits import Normalizer, subject_split
+from shared.losses.distillation import DISTILLATION_LOSSES
+from shared.retrieval import class_map, retrieval_metrics, zero_shot
+from shared.text import TextEncoder
+from shared.training.align import AlignConfig, embed, train_alignment
+from shared.config import config_dict
+from shared.files import cached_json, write_json
 
 KD_ORDER = ["similarity_preserving", "nst", "attention_transfer", "correlation_congruence", "pkt", "rkd",
             "fitnets", "activation_boundaries", "soft_target", "logits"]

@@ -13,7 +13,7 @@ aggregate download throughput, the server's CPU seconds during the fan-out and i
 
 Writes ``fleet.json``, ``fleet.md`` and ``fleet.png`` into ``--out``.
 
-    python benchmarks/fleet.py --edges 10 100 1000 --out docs/benchmarks/fleet
+    python -m benchmarks.fleet --edges 10 100 1000 --out docs/benchmarks/fleet
 """
 import argparse
 import asyncio
@@ -30,7 +30,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MODEL = "fleet-model"
 BUSY = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
@@ -176,7 +175,7 @@ def _pct(xs: List[float], q: float) -> float:
 def _spawn(args: List[str], log: str, nice: int = 0) -> subprocess.Popen:
     """A role of this script in its own process; stderr to ``log`` (a pipe nobody reads would block it)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.fleet"] + args, stdout=subprocess.PIPE,
                             stderr=open(log, "ab"), text=True, cwd=ROOT, env=env,
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
@@ -374,7 +373,7 @@ def main(argv: Any = None) -> int:
         json.dump({"meta": meta, "runs": rows}, f, indent=2)
     lines = ["# Fleet fan-out: one cloud-server, N simulated edges ({} CPUs, {}; grpcio {})".format(
         meta["cpus"], meta["date"], meta["grpcio"]), "",
-        "Command: `python benchmarks/fleet.py {}`. Version files: {} KiB; {} stalled Download readers held "
+        "Command: `python -m benchmarks.fleet {}`. Version files: {} KiB; {} stalled Download readers held "
         "throughout. Latencies are of a prober calling health Check and ListModels back to back during the "
         "fan-out (from the publish until the last edge verified). The simulated edges run at niceness {} (they stand in "
         "for remote devices on this machine).".format(

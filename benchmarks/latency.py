@@ -16,7 +16,7 @@ manifest.json; default: the demo's) and real windows (``--windows``: default the
 
 Writes ``latency.json``, ``latency.md`` and ``latency.png`` into ``--out``.
 
-    python benchmarks/latency.py --out docs/benchmarks/latency
+    python -m benchmarks.latency --out docs/benchmarks/latency
 """
 import argparse
 import json
@@ -30,9 +30,8 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.report import write_report  # noqa: E402
+from benchmarks.report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "finetuned", "cosmo-hapt", "v1")
@@ -40,8 +39,8 @@ DEMO_WINDOWS = os.path.join(ROOT, "runs", "demo", "edge", "labels", "test.npz")
 # the floor: a server from edge.service + edge.runtime alone (no CLI, no agent), serving the same model
 BARE_SERVER = r"""
 import os, sys, threading
-from edge.runtime import Runtime  # noqa: E402
-from edge.service import ModelHolder, serve_inference  # noqa: E402
+from edge.runtime import Runtime
+from edge.service import ModelHolder, serve_inference
 server, port = serve_inference(ModelHolder(Runtime.load(sys.argv[1])), sys.argv[2])
 with open(sys.argv[3] + ".tmp", "w") as f:
     f.write(str(port))
@@ -383,7 +382,7 @@ def main(argv: Any = None) -> int:
         e = engines(a.model, windows, a.n)
         prof = ort_profile(a.model, windows)
     import platform
-    r = {"command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r = {"command": "python -m benchmarks.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
          "machine": "{} {} cores, Python {}".format(platform.machine(), os.cpu_count(), platform.python_version()),
          "date": time.strftime("%Y-%m-%d"), "model": a.model, "windows_file": os.path.relpath(a.windows, ROOT),
          "windows": len(ds), "engines": e, "grpc": g, "cold_start": cs, "ort_profile_batch_32": prof}

@@ -9,7 +9,7 @@ the edge serves a sensor that is off). Reports mean ± std over seeds and the pa
 95 % confidence interval (t distribution). Writes ``sensor_loss.json``, ``sensor_loss.md`` and
 ``sensor_loss.png`` into ``--out``.
 
-    python benchmarks/sensor_loss.py --seeds 0 1 2 3 4 --out docs/benchmarks/sensor_loss
+    python -m benchmarks.sensor_loss --seeds 0 1 2 3 4 --out docs/benchmarks/sensor_loss
 """
 import argparse
 import json
@@ -21,9 +21,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.report import write_report  # noqa: E402
+from benchmarks.report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
@@ -122,7 +121,7 @@ def main(argv: Any = None) -> int:
         print("sensor_loss: --seeds: give at least 2 seeds (the differences are paired by seed)", file=sys.stderr)
         return 2
     r = run(a.model, a.labels, a.seeds, a.epochs)
-    r.update({"command": "python benchmarks/sensor_loss.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r.update({"command": "python -m benchmarks.sensor_loss " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "seeds": a.seeds, "epochs": a.epochs,
               "model": os.path.relpath(a.model, ROOT), "labels": os.path.relpath(a.labels, ROOT)})
     write_report(a.out, "sensor_loss", r, markdown, plot)

@@ -15,9 +15,9 @@ Writes ``report.md``, ``report.json`` and ``scaling.png`` (log-log) into
 resumes and a second run on the same day and host reads the cache back (``config.json`` holds the options;
 a run with other options into the same folder stops and asks for another ``--out`` or ``--run-name``).
 
-    python benchmarks/stages.py                      # full (HAPT, default epochs; long on CPU)
-    python benchmarks/stages.py --quick              # a smoke run (a few minutes here)
-    python benchmarks/stages.py --quick --synthetic-only
+    python -m benchmarks.stages                      # full (HAPT, default epochs; long on CPU)
+    python -m benchmarks.stages --quick              # a smoke run (a few minutes here)
+    python -m benchmarks.stages --quick --synthetic-only
 """
 import argparse
 import json
@@ -37,11 +37,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shared.energy import EnergyMonitor, Meter, detect, detect_report  # noqa: E402
-from shared.training import Stage1Config, Stage2Config  # noqa: E402
-from shared.files import write_json  # noqa: E402
+from shared.energy import EnergyMonitor, Meter, detect, detect_report
+from shared.training import Stage1Config, Stage2Config
+from shared.files import write_json
 
 WINDOW_MULTS = (1, 2, 4, 8)
 MODALITY_COUNTS = (2, 3, 4)

@@ -10,8 +10,8 @@ Writes into ``results/<UTC date>_<host>[-quick]/``:
 * ``accuracy/`` and ``stages/``: each benchmark's own cache and report. Both cache every run, so a
   second invocation with the same options resumes where the first stopped.
 
-    python benchmarks/suite.py --quick   # about 10 minutes on 2 CPU cores
-    python benchmarks/suite.py --jobs 2  # full: 3 seeds, every setting, 2 seeds at a time (about 1 h here)
+    python -m benchmarks.suite --quick   # about 10 minutes on 2 CPU cores
+    python -m benchmarks.suite --jobs 2  # full: 3 seeds, every setting, 2 seeds at a time (about 1 h here)
 
 Full-run budget (chosen to finish on a 2-core machine; pass the benchmarks' own options through
 ``--accuracy-args`` / ``--stages-args`` to change it): stage 1, CMC and CPC pretraining 10 epochs;
@@ -32,10 +32,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from shared.files import write_json
 
-from shared.files import write_json  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 FULL_ACCURACY = ["--s1-epochs", "10", "--s2-epochs", "100", "--s2-max-steps", "500"]
 BASELINES_FOR_RATIO = ("DeepSense", "AttnSense")
@@ -49,7 +49,7 @@ def _run(argv: List[str], log_path: str) -> int:
     """Run one benchmark in its own process (its peak memory stays its own), tee its output to a log."""
     print("$ " + " ".join(shlex.quote(x) for x in argv), flush=True)
     with open(log_path, "a") as log:
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, cwd=ROOT)
         assert p.stdout is not None
         for line in p.stdout:
             sys.stdout.write(line)
@@ -63,7 +63,7 @@ def _run_parallel(argvs: List[List[str]], log_dir: str) -> List[int]:
     for i, argv in enumerate(argvs):
         print("$ " + " ".join(shlex.quote(x) for x in argv) + "   # log: worker{}.log".format(i), flush=True)
         log = open(os.path.join(log_dir, "worker{}.log".format(i)), "a")
-        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
     codes = []
     for p, log in procs:
         codes.append(p.wait())
@@ -198,9 +198,9 @@ def main(argv: Any = None) -> int:
     t0 = time.time()
     common = ["--threads", str(a.threads)] if a.threads else []
     quick = ["--quick"] if a.quick else []
-    acc_argv = [sys.executable, os.path.join(HERE, "accuracy.py"), "--out", os.path.join(root, "accuracy")] + quick
+    acc_argv = [sys.executable, "-m", "benchmarks.accuracy", "--out", os.path.join(root, "accuracy")] + quick
     acc_argv += ([] if a.quick else FULL_ACCURACY) + common + shlex.split(a.accuracy_args)
-    st_argv = [sys.executable, os.path.join(HERE, "stages.py"), "--out", root, "--run-name", "stages"] + quick
+    st_argv = [sys.executable, "-m", "benchmarks.stages", "--out", root, "--run-name", "stages"] + quick
     st_argv += common + shlex.split(a.stages_args)
     failures = []  # type: List[str]
     log_path = os.path.join(root, "suite.log")

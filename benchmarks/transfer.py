@@ -12,7 +12,7 @@ Same bytes, same machine, same run, each server in its own process as in a deplo
 Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, and the best
 chunk size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
 
-    python benchmarks/transfer.py --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
+    python -m benchmarks.transfer --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
 """
 import argparse
 import json
@@ -28,13 +28,12 @@ from typing import Any, Dict, List
 import grpc
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.fleet import proc_stat  # noqa: E402
-from cloud.registry import Registry  # noqa: E402
-from shared.client import download_file  # noqa: E402
-from shared.rpc import ModelRegistryStub, pb  # noqa: E402
-from shared.rpc.chunks import decode_chunk  # noqa: E402
+from benchmarks.fleet import proc_stat
+from cloud.registry import Registry
+from shared.client import download_file
+from shared.rpc import ModelRegistryStub, pb
+from shared.rpc.chunks import decode_chunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TCP_SERVER = r"""
