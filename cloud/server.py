@@ -143,9 +143,14 @@ class CloudServer:
             self._call(self._stop(grace), timeout=grace + 30)
         finally:
             self.runner.shutdown()
-            self._scrub_pool.shutdown(wait=False, cancel_futures=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            # registry work already running in a thread (a retention pass, a scrub, which stops between
+            # blobs) ends before its connections close: closing an SQLite connection in use crashes
+            self._scrub_pool.shutdown(wait=True, cancel_futures=True)
+            blocking = getattr(self, "blocking", None)
+            if blocking is not None:
+                blocking.pool.shutdown(wait=True, cancel_futures=True)
             self.registry.close()
             log.info("cloud-server stopped")
 

@@ -349,3 +349,32 @@ def test_remote_administration(server, tmp_path, capsys):
     assert cloud_main(["reports", "--server", target, "--name", "m"]) == 0
     assert "e1 m v2: finetune 3.0 s; val_accuracy 0.9000" in capsys.readouterr().out
     assert _code(stub.ListReports, pb.ListReportsRequest(version=2))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+STOP_DURING_PRUNE = r"""
+import sys, tempfile, time
+from cloud.server import CloudServer
+from cloud.registry import Registry, Retention
+d = tempfile.mkdtemp()
+reg = Registry(d)
+for i in range(2000):
+    reg.update_job(reg.create_job("quality", "synthetic", "{}")["id"], state="CANCELLED")
+reg.close()
+for i in range(20):
+    srv = CloudServer(d, "127.0.0.1:0", retention=Retention(jobs_keep=100000, events_keep=100000),
+                      prune_interval_s=0.001)
+    srv.start()
+    time.sleep(0.01 * (i % 5))
+    srv.stop(grace=0)
+print("ok")
+"""
+
+
+def test_stop_while_registry_work_runs_never_crashes():
+    """A retention pass (or any registry call) still running in a thread when the daemon stops must end
+    before the registry's SQLite connections close (closing one in use crashed the process: SIGSEGV)."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STOP_DURING_PRUNE], capture_output=True,
+                       text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), (p.returncode, p.stderr[-2000:])
