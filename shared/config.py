@@ -4,7 +4,6 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Type, TypeVar
 
-import yaml
 from dataclasses import asdict, fields, is_dataclass
 
 from .errors import ConfigError, clip
@@ -56,6 +55,8 @@ def config_from_dict(cls: Type[T], d: Optional[Dict[str, Any]], where: str = "co
 
 def load_config(cls: Type[T], path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> T:
     """Config from a YAML file (optional) with ``overrides`` (e.g. CLI flags) applied on top."""
+    import yaml  # only here: serving imports this module for not_positive, and never reads YAML
+
     d = {}  # type: Dict[str, Any]
     if path:
         if not os.path.isfile(path):
