@@ -99,14 +99,19 @@ def engines(model_dir: str, windows: Dict[str, np.ndarray], n: int) -> Dict[str,
     return out
 
 
+def _server_env() -> Dict[str, str]:
+    """A server process's environment, as installed: pip compiles every module's bytecode."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def _serve(state: str, listen: str, ready: str) -> Any:
     """``edge-agent serve`` as its own process (as apps meet it); returns (process, port)."""
     if os.path.exists(ready):
         os.remove(ready)
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.Popen(_edge_agent() + ["serve", "--state-dir", state, "--listen", listen, "--ready-file", ready],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env())
     end = time.time() + 60
     while not os.path.exists(ready):
         if proc.poll() is not None or time.time() > end:
@@ -134,10 +139,6 @@ def over_grpc(model_dir: str, windows: Dict[str, np.ndarray], n: int, tmp: str) 
     sock = os.path.join(tmp, "bench.sock")
     tcp, port = _serve(state, "127.0.0.1:0", os.path.join(tmp, "ready_tcp"))
     unix, _ = _serve(state, "unix:" + sock, os.path.join(tmp, "ready_unix"))
-    compact = encode_windows(w)
-    legacy = pb.PredictRequest(windows=[pb.ModalityWindows(modality=m, shape=list(a.shape), data=a.ravel().tolist())
-                                        for m, a in w.items()])
-
     def floats(ws: Dict[str, np.ndarray]) -> Any:  # what an old client builds per call
         return pb.PredictRequest(windows=[pb.ModalityWindows(modality=m, shape=list(a.shape), data=a.ravel().tolist())
                                           for m, a in ws.items()])
@@ -162,7 +163,7 @@ def over_grpc(model_dir: str, windows: Dict[str, np.ndarray], n: int, tmp: str) 
         res = {k: {"p50_ms": float(np.median([t["p50_ms"] for t in ts])),
                    "p99_ms": float(max(t["p99_ms"] for t in ts)), "n": sum(t["n"] for t in ts)}
                for k, ts in res.items()}
-        res["request_bytes"] = {"raw": compact.ByteSize(), "repeated_float": legacy.ByteSize()}
+        res["request_bytes"] = {"raw": encode_windows(w).ByteSize(), "repeated_float": floats(w).ByteSize()}
     finally:
         for p in (tcp, unix):
             p.terminate()
@@ -231,9 +232,7 @@ def _start(cmd: List[str], ready: str, windows: Dict[str, np.ndarray]) -> Dict[s
         os.remove(ready)
     req = encode_windows({m: a[:1] for m, a in windows.items()})
     t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: pip compiles every module's bytecode
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env())
     try:
         while not os.path.exists(ready):
             if proc.poll() is not None:

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.errors import CosmoError
+from shared.files import write_text
 from shared.rpc import add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server, enable_reflection
 from shared.rpc.auth import TokenAuth
 
@@ -205,10 +206,7 @@ def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.Server
                     "will be refused by the kernel", fds, need)
     port = srv.start()
     if ready_file:
-        tmp = ready_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(port))
-        os.replace(tmp, ready_file)
+        write_text(ready_file, str(port))
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -130,9 +130,8 @@ def _serve_until_signal(agent: Any, a: argparse.Namespace, loop: Optional[Any] =
     port = server.start()
     print("Inference service on {} (port {})".format(a.listen, port), flush=True)
     if a.ready_file:
-        with open(a.ready_file + ".tmp", "w") as f:
-            f.write(str(port))
-        os.replace(a.ready_file + ".tmp", a.ready_file)
+        from shared.files import write_text
+        write_text(a.ready_file, str(port))
     try:
         if loop is not None:
             loop(stop)

@@ -4,6 +4,14 @@ import os
 from typing import Any, Callable
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` atomically (temp file + rename): a reader sees the whole file or none (ready files)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_json(path: str, obj: Any) -> None:
     """Write JSON atomically and durably (temp file, fsync, rename)."""
     tmp = path + ".tmp"
@@ -25,4 +33,4 @@ def cached_json(path: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-__all__ = ["cached_json", "write_json"]
+__all__ = ["cached_json", "write_json", "write_text"]
