@@ -65,7 +65,7 @@ def engines(model_dir: str, windows: Dict[str, np.ndarray], n: int) -> Dict[str,
     """ORT vs torch eager on the same inputs (normalized and masked exactly as serving does), one thread."""
     import torch
 
-    from edge.finetune import load_finetuned
+    from shared.models.finetuned import load_finetuned
     from edge.runtime import Runtime, SessionSettings
     from shared.contract import ENCODERS, FINETUNED
     rt = Runtime.load(model_dir, settings=SessionSettings(intra_op_threads=1))

@@ -148,40 +148,41 @@ class Steps(object):
 
 # ------------------------------------------------------------------------------------------------ HAPT
 def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
-    from cloud.quality import encoder_features, score_quality
+    """The cloud's own pipeline stages (``cloud.pipeline``: prepare -> pretrain -> package -> quality ->
+    export -> publish, as the job worker runs them), each measured, then the edge's: download, stage 2 of
+    every method at each label rate, ONNX export of the fine-tuned model, runtime load, inference."""
+    from dataclasses import replace as dc_replace
+
+    from cloud.pipeline import prepare_from, run_quality, stage_export, stage_package, stage_prepare, stage_publish
     from cloud.server import CloudServer
     from edge.export import export_finetuned
     from edge.runtime import Runtime
     from shared.baselines import train_baseline
     from shared.client import pull
-    from shared.data.hapt import load_hapt
-    from shared.data.splits import Normalizer, sample_labels, subject_split
-    from shared.manifest import MANIFEST, input_schema, new_manifest
+    from shared.manifest import MANIFEST, read_manifest
     from shared.training import finetune, load_encoder_bundle, pretrain
 
-    ds = load_hapt(a.hapt)
-    split = subject_split(ds, seed=0)
-    norm = Normalizer.fit(split.train)
-    train, val, test = norm.apply(split.train), norm.apply(split.val), norm.apply(split.test)
-    labeled = OrderedDict((n, sample_labels(train.labels, train.num_classes, rate=r, per_class=None, seed=0))
-                          for n, r in LABEL_RATES)
-    mask = np.ones(len(train), bool)
-    mask[np.unique(np.concatenate(list(labeled.values())))] = False
-    pool = np.flatnonzero(mask)
-    if a.s1_windows and a.s1_windows < len(pool):
-        pool = np.sort(np.random.RandomState(0).choice(pool, a.s1_windows, replace=False))
-    unl = train.subset(pool)
-    unl = unl.with_labels(np.full(len(unl), -1, np.int64))
+    s1dir = os.path.join(work, "stage1")
+    s1cfg = Stage1Config(epochs=a.s1_epochs, seed=0, device="cpu")
+    rate0 = LABEL_RATES[0][1]
+    prep, prep_args = stage_prepare(s1dir, "hapt:" + a.hapt if a.hapt else "hapt", s1cfg, label_rate=rate0)
+    labeled = OrderedDict([(LABEL_RATES[0][0], prep.labeled)])
+    for n, r in LABEL_RATES[1:]:  # the same split and seed, more labels
+        labeled[n] = prepare_from(dict(prep_args, label_rate=r)).labeled
+    if a.s1_windows and a.s1_windows < len(prep.unlabeled):  # a smaller stage 1 (--quick): fewer unlabeled
+        keep = np.sort(np.random.RandomState(0).choice(len(prep.unlabeled), a.s1_windows, replace=False))
+        prep = dc_replace(prep, unlabeled=prep.unlabeled.subset(keep))
+    train, test = prep.norm(prep.split.train), prep.norm(prep.split.test)
+    unl, val = prep.norm(prep.unlabeled), prep.norm(prep.split.val)
     if a.val_windows and a.val_windows < len(val):
         val = val.subset(np.sort(np.random.RandomState(1).choice(len(val), a.val_windows, replace=False)))
-    s1dir = os.path.join(work, "stage1")
-    enc_path = os.path.join(s1dir, "encoders.pt")
-    s1cfg = Stage1Config(epochs=a.s1_epochs, seed=0, device="cpu")
-    info = {"windows_train": len(train), "windows_stage1": len(unl), "windows_val": len(val),
-            "windows_test": len(test), "labeled": {n: len(v) for n, v in labeled.items()}}
+    labeled = OrderedDict((n, prep.norm(ds)) for n, ds in labeled.items())
+    info = {"pipeline": "cloud.pipeline", "windows_train": len(train), "windows_stage1": len(unl),
+            "windows_val": len(val), "windows_test": len(test), "labeled": {n: len(v) for n, v in labeled.items()}}
 
     def stage1() -> Dict[str, Any]:
         res = pretrain(unl, s1cfg, s1dir, progress=False)
+        stage_package(s1dir, prep, prep_args, s1cfg, res, "hapt-stages")  # the manifest draft, edge data
         h = res["history"]
         return {"epochs": len(h), "windows": len(unl), "loss": h[-1]["loss"],
                 "seconds_per_epoch": float(np.mean(_epoch_seconds(h)))}
@@ -189,15 +190,15 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
 
     def quality() -> Dict[str, Any]:
         try:
-            return score_quality(encoder_features(load_encoder_bundle(enc_path), unl), train.num_classes,
-                                 seed=0).to_json()
-        except Exception as e:
+            return run_quality(s1dir, unl, "encoder", s1cfg.seed).to_json()
+        except Exception as e:  # too few windows for the statistic (--quick): uniform, and said so
             return {"q": [1.0] * len(unl.modalities), "fallback": "uniform ({}: {})".format(type(e).__name__, e)}
     q = st.run("hapt/quality", quality)["result"]["q"]
-
-    man = new_manifest("hapt-stages", input_schema(split.train, norm), ds.class_names, s1cfg.proj_dim,
-                       {"dataset": "hapt", "benchmark": "stages"})
-    man["quality"] = {"q": list(q), "modalities": list(train.modalities)}
+    st.run("hapt/export_encoders", lambda: {"files": len(stage_export(s1dir, prep)["files"])})
+    man = read_manifest(os.path.join(s1dir, MANIFEST))
+    if not man.get("quality"):  # the uniform fallback above: published like any scored version
+        man["quality"] = {"q": list(q), "modalities": list(unl.modalities), "features": "uniform"}
+        write_json(os.path.join(s1dir, MANIFEST), man)
     srv_dir, dest = os.path.join(work, "cloud"), os.path.join(work, "edge_models")
 
     def publish_download() -> Dict[str, Any]:
@@ -208,15 +209,16 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
         port = srv.start()
         try:
             t0 = time.perf_counter()
-            pub = srv.registry.publish("hapt-stages", {"encoders.pt": (enc_path, "encoders")}, man)
+            pub = stage_publish(srv.registry, s1dir)
             t1 = time.perf_counter()
             with grpc.insecure_channel("127.0.0.1:{}".format(port)) as ch:
-                folder, got = pull(ch, "hapt-stages", dest, alias="latest")
+                folder, got = pull(ch, man["name"], dest, alias="latest")
             t2 = time.perf_counter()
         finally:
             srv.stop(grace=1.0)
         return {"version": int(got["version"]), "bytes": int(sum(f["size"] for f in pub["files"])),
-                "publish_s": t1 - t0, "download_s": t2 - t1, "folder": os.path.relpath(folder, work)}
+                "files": len(pub["files"]), "publish_s": t1 - t0, "download_s": t2 - t1,
+                "folder": os.path.relpath(folder, work)}
     pd = st.run("hapt/publish+download", publish_download)["result"]
     pulled_enc = os.path.join(work, pd["folder"], "encoders.pt")
 
@@ -224,7 +226,7 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
     cosmo_1pct = os.path.join(work, "cosmo_1pct_finetuned.pt")
     for name, key in S2_METHODS:
         for rate, _ in LABEL_RATES:
-            lab = train.subset(labeled[rate])
+            lab = labeled[rate]
 
             def s2(key: str = key, lab: Any = lab, rate: str = rate) -> Dict[str, Any]:
                 from shared.training import evaluate
@@ -249,7 +251,7 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
         return {"onnx_bytes": entry["size"]}
     st.run("hapt/onnx_export", export)
 
-    raw = split.test
+    raw = prep.split.test
     rt_holder = {}  # type: Dict[str, Any]
 
     def load() -> Dict[str, Any]:
@@ -491,7 +493,7 @@ def main(argv: Any = None) -> int:
         idle = {"idle_w": idle_w, "seconds": a.idle_s, "source": meter.source, "is_estimate": bool(meter.is_estimate),
                 "watts": getattr(meter, "watts", None), "probes": dict(detect_report())}
         write_json(idle_path, idle)
-    n_hapt = 0 if a.synthetic_only else 6 + len(S2_METHODS) * len(LABEL_RATES)
+    n_hapt = 0 if a.synthetic_only else 7 + len(S2_METHODS) * len(LABEL_RATES)
     n_syn = 2 * len(WINDOW_MULTS) + len(MODALITY_COUNTS) + len(VIEW_COUNTS)
     bar = tqdm(total=n_hapt + n_syn, desc="stages", unit="step")
     st = Steps(root, meter, idle["idle_w"], bar)

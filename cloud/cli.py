@@ -80,11 +80,13 @@ def _channel(a: argparse.Namespace) -> Any:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .admission import ServerLimits
+    from shared.flags import check_metrics_flag
     from shared.rpc.auth import check_exposure, read_token, server_credentials
 
     from .registry import InvalidArgument, Retention
     from .server import check_listen, serve
     check_listen(a.listen)
+    check_metrics_flag(a.metrics_listen)
     token, tls = read_token(a.token_file), server_credentials(a.tls_cert, a.tls_key, a.tls_ca)
     check_exposure(a.listen, token, tls, a.insecure)
     try:
@@ -94,7 +96,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise CosmoError("--{}: {}".format(e.field.replace("_", "-"), e.message)) from None
     return serve(a.data_dir, a.listen, token=token, tls=tls, max_jobs=a.max_jobs, grace=a.grace,
                  ready_file=a.ready_file, limits=limits, retention=retention, prune_interval_s=a.prune_interval_s,
-                 scrub_interval_s=a.scrub_interval_s, datasets_dir=a.datasets_dir)
+                 scrub_interval_s=a.scrub_interval_s, datasets_dir=a.datasets_dir, metrics_listen=a.metrics_listen)
 
 
 # ``serve`` flags of ServerLimits and Retention fields (defaults and help from the dataclasses)
@@ -353,14 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ready-file", help="write the bound port here once serving")
     from .admission import ServerLimits
     from .registry import Retention
-    from shared.flags import add_field_flags
+    from shared.flags import add_field_flags, add_metrics_flag
+    add_metrics_flag(sv)
     add_field_flags(sv, ServerLimits(), _LIMIT_FLAGS)
     add_field_flags(sv, Retention(), _RETENTION_FLAGS)
     sv.add_argument("--prune-interval-s", type=float, default=600.0,
                     help="seconds between retention passes (0: never; default 600)")
     sv.add_argument("--scrub-interval-s", type=float, default=6 * 3600.0,
                     help="seconds between re-hashes of every blob (0: never; default 21600)")
-    sv.set_defaults(func=cmd_serve)
+    sv.set_defaults(func=cmd_serve, daemon=True)
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         from shared.client import add_link_args
@@ -456,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    setup_logging(a.verbose)
+    setup_logging(a.verbose, daemon=getattr(a, "daemon", False))
     if not getattr(a, "func", None):
         p.print_help()
         return 2

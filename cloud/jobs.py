@@ -62,7 +62,7 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
     setup_logging(logging.getLogger().getEffectiveLevel() <= logging.INFO)  # spawned: the server's stderr
     import torch
 
-    from .pipeline import prepare_from, run_pretrain, run_quality
+    from .pipeline import prepare_from, run_pretrain, run_quality, stage_publish
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     reg = Registry(data_dir)
@@ -80,10 +80,8 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
                                labels_per_class=job.get("labels_per_class"), split_seed=job.get("split_seed", 0),
                                name=job.get("model_name", "cosmo-encoders"), features=job.get("features", "encoder"),
                                resume=True, progress=False, on_progress=progress)
-            progress({"stage": "publish", "message": "publishing"})
-            man = res["manifest"]
-            files = {f["path"]: (os.path.join(work, f["path"]), f["kind"]) for f in man["files"]}
-            pub = reg.publish(man["name"], files, dict(man), aliases=("latest",))
+            progress({"stage": "publish", "message": "publishing {}".format(res["manifest"]["name"])})
+            pub = stage_publish(reg, work)
             reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
                            progress={"stage": "done", "message": "published {} v{}".format(pub["name"], pub["version"]),
                                      "epoch": cfg.epochs, "epochs": cfg.epochs})

@@ -68,8 +68,9 @@ class CloudServer:
                  tls: grpc.ServerCredentials | None = None, max_jobs: int = 1, max_queued: int = 4,
                  limits: ServerLimits | None = None, retention: Retention | None = None,
                  prune_interval_s: float = 600.0, scrub_interval_s: float = 6 * 3600.0,
-                 datasets_dir: str | None = None) -> None:
+                 datasets_dir: str | None = None, metrics_listen: str | None = None) -> None:
         self.listen = check_listen(listen)
+        self.metrics_listen = metrics_listen
         if datasets_dir is not None and not os.path.isdir(datasets_dir):
             raise CosmoError("--datasets-dir {}: not a folder".format(datasets_dir))
         os.makedirs(data_dir, exist_ok=True)
@@ -81,7 +82,8 @@ class CloudServer:
         self.runner = JobRunner(self.registry, data_dir, max_jobs=max_jobs, max_queued=max_queued,
                                 datasets_dir=os.path.abspath(datasets_dir) if datasets_dir else None)
         self.admission = Admission(self.limits)
-        self.port = 0
+        self.port = self.metrics_port = 0
+        self.metrics: Any = None  # the MetricsServer with --metrics-listen
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cloud-aio", daemon=True)
         self._scrub_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-scrub")
@@ -100,18 +102,24 @@ class CloudServer:
         except BaseException:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if self.metrics is not None:
+                self.metrics.stop()
             self.registry.close()
             raise
         self.runner.start()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.start()
         log.info("cloud-server listening on %s (port %d), data dir %s", self.listen, self.port, self.data_dir)
         return self.port
 
     async def _start(self) -> int:
         self.registry.clean_tmp()
+        interceptors: list[Any] = [TokenAuth(self.token)] if self.token else []
+        if self.metrics_listen is not None:  # outermost: it also counts what the token check refuses
+            interceptors.insert(0, self._metrics())
         self.blocking = Blocking(self.limits.executor_threads)
         self.events = ModelEvents(self.registry, self.blocking)
-        self.server = grpc.aio.server(interceptors=[TokenAuth(self.token)] if self.token else [],
-                                      options=self.limits.grpc_options())
+        self.server = grpc.aio.server(interceptors=interceptors, options=self.limits.grpc_options())
         add_ModelRegistryServicer_to_server(
             ModelRegistryServicer(self.registry, self.admission, self.blocking, self.events), self.server)
         add_TrainingServicer_to_server(TrainingServicer(self.registry, self.runner, self.admission, self.blocking),
@@ -152,6 +160,9 @@ class CloudServer:
             blocking = getattr(self, "blocking", None)
             if blocking is not None:
                 blocking.pool.shutdown(wait=True, cancel_futures=True)
+            if self.metrics is not None:  # a scrape in progress reads the registry: it ends first
+                self.metrics.stop()
+                self._gauges.close()
             self.registry.close()
             log.info("cloud-server stopped")
 
@@ -163,6 +174,39 @@ class CloudServer:
         self.events.close()
         await self.server.stop(grace)
         self.blocking.shutdown()
+
+    # -- metrics (--metrics-listen)
+
+    def _metrics(self) -> Any:
+        """The RPC interceptor; binds the endpoint (a bind error fails the start) and adds the daemon's
+        gauges, read at scrape time on the endpoint's threads."""
+        from shared.rpc.metrics import Gauges, MetricsServer, RpcMetrics, daemon_registry
+        reg = daemon_registry("cloud-server")
+        interceptor = RpcMetrics(reg)
+        self._gauges = Gauges(self._gauge_rows, reg)
+        self.metrics = MetricsServer(reg, self.metrics_listen)
+        return interceptor
+
+    def _gauge_rows(self) -> list[tuple[str, str, tuple[str, ...], list[tuple[tuple[str, ...], float]]]]:
+        adm, lim, st = self.admission, self.limits, self.registry.stats()
+        return [
+            ("cosmo_cloud_open", "Calls and streams open now, by kind (--max-rpcs, --max-streams, --max-watchers, "
+             "--max-downloads).", ("kind",), [(("rpcs",), adm.rpcs), (("streams",), adm.streams),
+                                              (("watchers",), adm.watchers), (("downloads",), adm.downloads)]),
+            ("cosmo_cloud_limit", "The admission limits, by kind.", ("kind",),
+             [(("rpcs",), lim.max_rpcs), (("streams",), lim.max_streams), (("watchers",), lim.max_watchers),
+              (("downloads",), lim.max_downloads)]),
+            ("cosmo_cloud_jobs", "Training jobs in the registry, by state.", ("state",),
+             [((k,), v) for k, v in st["jobs"].items()]),
+            ("cosmo_cloud_registry_models", "Model names in the registry.", (), [((), st["models"])]),
+            ("cosmo_cloud_registry_versions", "Model versions in the registry.", (), [((), st["versions"])]),
+            ("cosmo_cloud_registry_blob_bytes", "Bytes of stored files (each content once).", (),
+             [((), st["blob_bytes"])]),
+            ("cosmo_cloud_registry_bad_blobs", "Stored files whose last verification failed (served as DATA_LOSS).",
+             (), [((), st["bad_blobs"])]),
+            ("cosmo_cloud_edge_reports", "Edge reports kept (retention: --reports-keep, --reports-max-age-s).",
+             (), [((), st["reports"])]),
+        ]
 
     # -- upkeep
 
@@ -192,14 +236,16 @@ class CloudServer:
 def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.ServerCredentials | None = None,
           max_jobs: int = 1, grace: float = 5.0, ready_file: str | None = None, limits: ServerLimits | None = None,
           retention: Retention | None = None, prune_interval_s: float = 600.0,
-          scrub_interval_s: float = 6 * 3600.0, datasets_dir: str | None = None) -> int:
+          scrub_interval_s: float = 6 * 3600.0, datasets_dir: str | None = None,
+          metrics_listen: str | None = None) -> int:
     """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once serving."""
     fds = raise_fd_limit()
     # The event loop shares the GIL with the executor threads; a shorter switch interval (default 5 ms)
     # bounds how long health checks and small RPCs wait for it while blob reads run.
     sys.setswitchinterval(0.001)
     srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs, limits=limits, retention=retention,
-                      prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s, datasets_dir=datasets_dir)
+                      prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s, datasets_dir=datasets_dir,
+                      metrics_listen=metrics_listen)
     need = srv.limits.max_streams + srv.limits.max_rpcs + 64
     if fds < need:
         log.warning("open-file limit %d is below --max-streams + --max-rpcs + 64 = %d: connections past it "

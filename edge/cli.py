@@ -53,7 +53,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from shared.manifest import read_manifest
 
     from .export import export_finetuned
-    from .finetune import load_finetuned
+    from shared.models.finetuned import load_finetuned
     man = read_manifest(a.model)
     model = load_finetuned(os.path.join(a.finetuned, FINETUNED), os.path.join(a.model, ENCODERS),
                            list(man["input_schema"]), len(man["classes"]))
@@ -116,9 +116,11 @@ def _serve_until_signal(agent: Any, a: argparse.Namespace, loop: Optional[Any] =
     import signal
     import threading
 
+    from shared.flags import check_metrics_flag
     from shared.rpc.auth import check_exposure, read_token, server_credentials
 
     from .service import EdgeLimits, EdgeServer
+    check_metrics_flag(a.metrics_listen)
     token = read_token(a.listen_token_file, "--listen-token-file")
     tls = server_credentials(a.listen_tls_cert, a.listen_tls_key, a.listen_tls_ca, flag="--listen-tls")
     check_exposure(a.listen, token, tls, a.insecure, token_flag="--listen-token-file", tls_flag="--listen-tls-cert")
@@ -126,9 +128,13 @@ def _serve_until_signal(agent: Any, a: argparse.Namespace, loop: Optional[Any] =
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = EdgeServer(agent.holder, a.listen, limits=limits, aligned=agent.aligned, token=token, tls=tls)
+    server = EdgeServer(agent.holder, a.listen, limits=limits, aligned=agent.aligned, token=token, tls=tls,
+                        metrics_listen=a.metrics_listen)
     port = server.start()
     print("Inference service on {} (port {})".format(a.listen, port), flush=True)
+    if server.metrics is not None:
+        print("Prometheus metrics on http://{}:{}/metrics".format(server.metrics.httpd.server_address[0],
+                                                                  server.metrics_port), flush=True)
     if a.ready_file:
         from shared.files import write_text
         write_text(a.ready_file, str(port))
@@ -342,10 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--listen-tls-ca", help="with cert + key: require client certificates signed by this CA")
         sp.add_argument("--insecure", action="store_true",
                         help="allow a --listen address other hosts can reach without a token or TLS")
-        from shared.flags import add_field_flags
+        from shared.flags import add_field_flags, add_metrics_flag
 
         from .service import EdgeLimits
         add_field_flags(sp, EdgeLimits(), _LIMIT_FLAGS)
+        add_metrics_flag(sp)
         sp.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per inference (0: one per core)")
         sp.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
@@ -371,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also follow this aligned (IMU <-> text) model, e.g. cosmo-aligned: enables Search")
     r.add_argument("--index-capacity", type=int, default=10000,
                    help="windows kept in the search index (STATE_DIR/index.sqlite); the oldest go first")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, daemon=True)
     pl = cloud(common(sub.add_parser("pull", help="download a version into the state folder")))
     pl.add_argument("--version", type=int, help="default: the latest")
     pl.set_defaults(func=cmd_pull)
@@ -380,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--aligned-dir", help="an aligned model folder (manifest kind 'aligned') to install for Search")
     sv.add_argument("--index-capacity", type=int, default=10000,
                     help="windows kept in the search index (STATE_DIR/index.sqlite)")
-    sv.set_defaults(func=cmd_serve)
+    sv.set_defaults(func=cmd_serve, daemon=True)
     inf = common(sub.add_parser("info", help="installed versions and the execution provider"))
     inf.set_defaults(func=cmd_info)
     rb = common(sub.add_parser("rollback", help="serve the previous version again"))
@@ -423,7 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if hasattr(a, "name"):  # whether --name was given (info checks it), then its default
         a.name_given, a.name = a.name is not None, a.name or "cosmo-encoders"
     from shared.flags import setup_logging
-    setup_logging(a.verbose)
+    setup_logging(a.verbose, daemon=getattr(a, "daemon", False))
     if not getattr(a, "func", None):
         p.print_help()
         return 2

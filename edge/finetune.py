@@ -1,7 +1,7 @@
 """Stage 2 on the device: load shipped encoders + manifest, fine-tune on local labeled windows."""
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -27,27 +27,6 @@ def load_split(folder: str, name: str, required: bool = True) -> Optional[Multim
             raise DataError("{}: not found (the labels folder needs {}.npz + {}.json)".format(path, name, name))
         return None
     return MultimodalDataset.load(path)
-
-
-def load_finetuned(finetuned_path: str, encoders_path: str, modalities: Sequence[str], num_classes: int) -> Any:
-    """Rebuild the fine-tuned ``CosmoModel`` (eval mode, CPU) from ``finetuned.pt`` + the encoder bundle."""
-    import torch
-
-    from shared.config import config_from_dict
-    from shared.training.stage2 import build_model
-
-    if not os.path.isfile(finetuned_path):
-        raise DataError("{}: fine-tuned weights not found".format(finetuned_path))
-    try:
-        ck = torch.load(finetuned_path, map_location="cpu")
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise DataError("{}: corrupt or unreadable: {}".format(finetuned_path, e)) from e
-    if not isinstance(ck, dict) or "state_dict" not in ck:
-        raise DataError("{}: not a cosmo-har fine-tuned checkpoint".format(finetuned_path))
-    config = config_from_dict(Stage2Config, ck.get("config") or {}, where=finetuned_path + " config")
-    model = build_model(load_encoder_bundle(encoders_path), modalities, num_classes, None, config)
-    model.load_state_dict(ck["state_dict"])
-    return model.eval()
 
 
 def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Config, pretrained: bool = True,

@@ -226,7 +226,7 @@ class Runtime(object):
     def _load_torch(self) -> None:
         import torch
 
-        from .finetune import load_finetuned
+        from shared.models.finetuned import load_finetuned
 
         model = load_finetuned(os.path.join(self.model_dir, FINETUNED), os.path.join(self.model_dir, ENCODERS),
                                self.modalities, len(self.classes))

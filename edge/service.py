@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -121,6 +122,7 @@ class InferenceServicer(object):
         self.pool = ThreadPoolExecutor(max_workers=int(self.limits.workers), thread_name_prefix="edge-model")
         self.inflight = 0
         self.streams = 0
+        self.model_seconds = None  # type: Any  # a Histogram by method, with --metrics-listen (EdgeServer)
         self._warned = set()  # messages of index failures already logged
 
     # ---------------------------------------------------------------------------- plumbing
@@ -143,6 +145,8 @@ class InferenceServicer(object):
             await self._fail(context, method, _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {} calls in "
                              "flight (--max-inflight {}); retry later".format(self.inflight, self.limits.max_inflight)))
         self.inflight += 1
+        if self.model_seconds is not None:
+            fn = self._timed(method, fn)
         try:
             if small and self.inflight == 1 and not self.streams:
                 return fn()
@@ -153,6 +157,17 @@ class InferenceServicer(object):
             await self._fail(context, method, e)
         finally:
             self.inflight -= 1
+
+    def _timed(self, method: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        hist = self.model_seconds.labels(method)
+
+        def run() -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                hist.observe(time.perf_counter() - t0)
+        return run
 
     def _index(self, windows: Dict[str, np.ndarray], rates: Dict[str, float], source: str,
                labels: Optional[List[str]] = None, emb: Optional[np.ndarray] = None,
@@ -233,6 +248,8 @@ class InferenceServicer(object):
                         out = rt.predict(w)
                         self._index(w, {}, "StreamPredict", labels=[rt.classes[int(i)] for i in out["label"]])
                         return prediction_response(rt, out, window_index=k)
+                    if self.model_seconds is not None:
+                        run = self._timed("StreamPredict", run)
                     resp = await loop.run_in_executor(self.pool, run)
                     try:
                         await asyncio.wait_for(context.write(resp), lim.stream_idle_s)
@@ -323,11 +340,14 @@ class EdgeServer(object):
     included); ``tls``: ``grpc.ServerCredentials`` (``shared.rpc.auth.server_credentials``)."""
 
     def __init__(self, holder: ModelHolder, listen: str = DEFAULT_LISTEN, limits: Optional[EdgeLimits] = None,
-                 aligned: Optional[AlignedHolder] = None, token: Optional[str] = None, tls: Any = None) -> None:
+                 aligned: Optional[AlignedHolder] = None, token: Optional[str] = None, tls: Any = None,
+                 metrics_listen: Optional[str] = None) -> None:
         self.holder, self.listen, self.token, self.tls = holder, listen, token, tls
+        self.metrics_listen = metrics_listen
+        self.metrics = None  # type: Any  # the MetricsServer with metrics_listen
         self.limits = limits or EdgeLimits()
         self.servicer = InferenceServicer(holder, self.limits, aligned)
-        self.port = 0
+        self.port = self.metrics_port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edge-aio", daemon=True)
         self._stopped = False
@@ -342,8 +362,12 @@ class EdgeServer(object):
         except BaseException:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if self.metrics is not None:
+                self.metrics.stop()
             raise
         self.holder.add_listener(self._on_swap)
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.start()
         log.info("inference service on %s (port %d)", self.listen, self.port)
         return self.port
 
@@ -355,7 +379,10 @@ class EdgeServer(object):
                 ("grpc.max_send_message_length", int(lim.max_message_bytes)),
                 ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
                 ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
-        self.server = grpc.aio.server(interceptors=[TokenAuth(self.token)] if self.token else None, options=opts)
+        interceptors = [TokenAuth(self.token)] if self.token else []
+        if self.metrics_listen is not None:  # outermost: it also counts what the token check refuses
+            interceptors.insert(0, self._metrics())
+        self.server = grpc.aio.server(interceptors=interceptors or None, options=opts)
         rpc.add_InferenceServicer_to_server(self.servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -383,6 +410,37 @@ class EdgeServer(object):
         await self._set_health(self.holder.get() is not None)
         return port
 
+    def _metrics(self) -> Any:
+        """The RPC interceptor; binds the endpoint and adds the edge's figures: model run time per method
+        (``InferenceServicer.model_seconds``) and gauges read at scrape time."""
+        from prometheus_client import Histogram
+
+        from shared.rpc.metrics import BUCKETS, Gauges, MetricsServer, RpcMetrics, daemon_registry
+        reg = daemon_registry("edge-agent")
+        interceptor = RpcMetrics(reg)
+        self.servicer.model_seconds = Histogram(
+            "cosmo_edge_model_seconds", "Time a call spends in the model (decode, run, encode; without gRPC), by "
+            "method.", ["method"], buckets=BUCKETS, registry=reg)
+        Gauges(self._gauge_rows, reg)
+        self.metrics = MetricsServer(reg, self.metrics_listen)
+        return interceptor
+
+    def _gauge_rows(self) -> List[Any]:
+        sv, rt, art = self.servicer, self.holder.get(), self.servicer.aligned.get()
+        index = sv.aligned.index
+        rows = [
+            ("cosmo_edge_open", "Calls in the model and streams open now (--max-inflight, --max-streams).", ("kind",),
+             [(("inflight",), sv.inflight), (("streams",), sv.streams)]),
+            ("cosmo_edge_model_info", "The model being served and the execution provider it runs on (1; none: no "
+             "row).", ("name", "version", "provider", "fallback"),
+             [((rt.name, str(rt.version), rt.provider, rt.fallback or ""), 1)] if rt is not None else []),
+            ("cosmo_edge_aligned_info", "The aligned (text-search) model installed (1; none: no row).",
+             ("name", "version"), [((art.name, str(art.version)), 1)] if art is not None else []),
+            ("cosmo_edge_index_windows", "Windows in the search index.", (),
+             [((), index.size if index is not None else 0)]),
+        ]
+        return rows
+
     async def _set_health(self, serving: bool) -> None:
         await self.health.set(SERVICE, self._serving.SERVING if serving else self._serving.NOT_SERVING)
 
@@ -405,6 +463,8 @@ class EdgeServer(object):
             self.servicer.pool.shutdown(wait=False)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            if self.metrics is not None:
+                self.metrics.stop()
 
     async def _stop(self, grace: Optional[float]) -> None:
         await self.health.set("", self._serving.NOT_SERVING)

@@ -15,6 +15,7 @@ PINS=(numpy==1.19.5 scipy==1.5.4 PyYAML==6.0.1 tqdm==4.64.1 dataclasses==0.8 pyt
       # gRPC as on JetPack 4.6 (cp36 manylinux2014 wheels; protobuf 3.20 needs Python >= 3.7). The py36
       # side of tests/shared/test_rpc.py runs in this venv: shared.rpc on the oldest runtime.
       grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2
+      prometheus-client==0.17.1
       # the last onnxruntime with cp36 wheels (JetPack 4.6's onnxruntime-gpu is 1.10 too)
       onnxruntime==1.10.0 flatbuffers==2.0)
 PIP_PIN=pip==21.3.1  # the venv's own pip (18.1 on 3.6.15) knows no manylinux2010/2014 wheels

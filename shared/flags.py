@@ -14,6 +14,26 @@ def add_field_flags(parser: argparse.ArgumentParser, defaults: Any, helps: Dict[
                             help="{} (default {})".format(text, value))
 
 
+def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-listen``, the same on both daemons (``shared.rpc.metrics``)."""
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (RPCs by method and code, "
+                        "latency histograms, open streams, ...); off by default. No token or TLS: keep it on "
+                        "loopback or a network only the scraper reaches")
+
+
+def check_metrics_flag(value: Any) -> None:
+    """A bad ``--metrics-listen`` (or no ``prometheus_client``) as one ``CosmoError`` before anything starts."""
+    if value is None:
+        return
+    from .errors import CosmoError
+    try:
+        from .rpc.metrics import parse_metrics_listen
+    except ImportError as e:
+        raise CosmoError("--metrics-listen needs the prometheus-client package ({})".format(e)) from None
+    parse_metrics_listen(value)
+
+
 def finish_cli(parser: argparse.ArgumentParser, prog: str) -> None:
     """What both CLIs share: ``--version``, and ``-v`` accepted after the subcommand too (``cloud-server
     serve -v``), on every subcommand at every depth."""
@@ -46,16 +66,24 @@ def positive(kind: type, zero: bool = False) -> Any:
     return parse
 
 
-def setup_logging(verbose: bool) -> None:
-    """Both CLIs' logging: one line per record on stderr, INFO with ``-v``. Python warnings of third-party
-    libraries (torch's ONNX exporter, tracer warnings) go through logging and are kept out unless ``-v``,
-    so a daemon's log holds its own lines."""
+def setup_logging(verbose: bool, daemon: bool = False) -> None:
+    """Both CLIs' logging: one line per record on stderr, INFO with ``-v``. A daemon (``daemon``: the
+    subcommand set ``daemon=True``) logs its own INFO lines without ``-v`` too (the address it bound, what
+    it installs), third-party libraries stay at WARNING. Python warnings of third-party libraries (torch's
+    ONNX exporter, tracer warnings) go through logging and are kept out unless ``-v``, so a daemon's log
+    holds its own lines."""
     import logging
     import sys
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if daemon and not verbose:
+        for name in DAEMON_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+DAEMON_LOGGERS = ("cloud", "edge", "shared")  # the project's packages (module loggers are named after them)
 
 
 def fraction(text: str) -> float:
@@ -69,4 +97,5 @@ def fraction(text: str) -> float:
     return v
 
 
-__all__ = ["add_field_flags", "finish_cli", "fraction", "positive", "setup_logging"]
+__all__ = ["add_field_flags", "add_metrics_flag", "check_metrics_flag", "finish_cli", "fraction", "positive",
+           "setup_logging"]

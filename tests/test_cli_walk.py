@@ -40,6 +40,7 @@ def _bad(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     cloud = [
         (["serve", "--data-dir", d, "--listen", "nope"], "--listen"),
+        (["serve", "--data-dir", d, "--metrics-listen", "localhost"], "--metrics-listen"),
         (["serve", "--data-dir", d, "--listen", "0.0.0.0:0"], "--insecure"),
         (["serve", "--data-dir", d, "--token-file", missing], "--token-file"),
         (["serve", "--data-dir", d, "--tls-cert", missing, "--tls-key", missing], "--tls-key"),
@@ -62,6 +63,7 @@ def _bad(tmp_path):
     edge = [
         (["serve", "--state-dir", d, "--listen", "0.0.0.0:0"], "--insecure"),
         (["serve", "--state-dir", d, "--listen-token-file", missing], "--listen-token-file"),
+        (["serve", "--state-dir", d, "--metrics-listen", "127.0.0.1:70000"], "--metrics-listen"),
         (["serve", "--state-dir", d, "--max-streams", "0"], "--max-streams"),
         (["run", "--state-dir", d, "--cloud", DOWN, "--labels", d, "--watts", "0"], "--watts"),
         (["run", "--state-dir", d, "--cloud", DOWN, "--labels", d, "--config", missing], "--config"),

@@ -42,3 +42,23 @@ def synthetic_pretrain(root, epochs=2, extra=()):
     assert cloud_main(["pretrain", "--dataset", str(root / "syn.npz"), "--config", str(cfg), "--epochs", str(epochs),
                        "--labels-per-class", "3", "--out", str(out), "--no-progress"] + list(extra)) == 0
     return out
+
+
+def scrape(port, host="127.0.0.1"):
+    """``{(name, ((label, value), ...)): value}`` of a daemon's ``/metrics`` (Prometheus text format, parsed
+    by the client library's own parser)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen("http://{}:{}/metrics".format(host, port), timeout=10) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def sample(metrics, metric, **labels):
+    """The value of series ``metric{labels}`` (a subset of its labels is enough if it picks one), else 0."""
+    hits = [v for (n, ls), v in metrics.items() if n == metric and set(labels.items()) <= set(ls)]
+    assert len(hits) <= 1, "{}{} matches {} series".format(metric, labels, len(hits))
+    return hits[0] if hits else 0.0

@@ -123,6 +123,22 @@ class Registry(Database, BlobStore, Versions, Events, Reports, Jobs):
             log.info("registry retention: pruned %d jobs, %d reports, %d events", len(job_ids), reports, events)
         return {"jobs": job_ids, "reports": reports, "events": events}
 
+    def stats(self) -> dict[str, Any]:
+        """What an operator graphs (``--metrics-listen``): ``{"models", "versions", "blob_bytes" (stored
+        once per content), "bad_blobs", "reports", "jobs": {state: n} (every state, zeros included)}``."""
+        with self._read() as c:
+            one = lambda sql: c.execute(sql).fetchone()[0]  # noqa: E731
+            out: dict[str, Any] = {
+                "models": one("SELECT COUNT(*) FROM models"),
+                "versions": one("SELECT COUNT(*) FROM versions"),
+                "blob_bytes": one("SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM files "
+                                  "GROUP BY sha256)"),
+                "bad_blobs": one("SELECT COUNT(*) FROM blobs WHERE bad != 0"),
+                "reports": one("SELECT COUNT(*) FROM reports"),
+                "jobs": dict.fromkeys(JOB_STATES, 0)}
+            out["jobs"].update(c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return out
+
 
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_CHUNK_SIZE", "EVENT_KINDS", "JOB_STATES", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE",

@@ -53,7 +53,8 @@ PIP_PIN=pip==21.3.1
 SETUPTOOLS_PIN=setuptools==59.6.0
 WHEEL_PIN=wheel==0.37.1  # the last releases for Python 3.6
 PINS=(numpy==1.19.5 scipy==1.5.4 "PyYAML>=5.4,<6.1" "tqdm>=4.60,<4.65" dataclasses==0.8
-      grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2)
+      grpcio==1.48.2 protobuf==3.19.6 grpcio-health-checking==1.48.2 grpcio-reflection==1.48.2
+      prometheus-client==0.17.1)
 # NVIDIA's install notes for the torch wheel, plus the venv module and headers for source builds
 APT_PACKAGES=(python3-pip python3-venv python3-dev libopenblas-base libopenmpi-dev libomp-dev wget)
 

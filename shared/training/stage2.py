@@ -19,7 +19,8 @@ from torch import nn
 
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, DataError
-from ..models.classifier import CosmoClassifier, CosmoModel
+from ..models.classifier import CosmoModel
+from ..models.finetuned import ARCH_FIELDS, build_cosmo_model
 from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
 from ..metrics import accuracy_f1
 
@@ -94,13 +95,9 @@ class Stage2Config:
 
 def build_model(encoders: Sequence[nn.Module], modalities: Sequence[str], num_classes: int,
                 quality: Optional[Sequence[float]], config: Stage2Config) -> CosmoModel:
-    steps = {e.out_steps for e in encoders}
-    if len(steps) != 1:
-        raise ConfigError("all encoders must output the same number of steps, got {}".format(sorted(steps)))
-    clf = CosmoClassifier(steps.pop(), [e.out_features for e in encoders], num_classes, quality=quality,
-                          lam=config.lam, fusion=config.fusion, gru_hidden=config.gru_hidden,
-                          mlp_hidden=config.mlp_hidden, dropout=config.dropout)
-    return CosmoModel(encoders, clf, modalities)
+    """The model stage 2 trains: ``shared.models.finetuned.build_cosmo_model`` with ``config``'s architecture."""
+    return build_cosmo_model(encoders, modalities, num_classes, quality,
+                             **{f: getattr(config, f) for f in ARCH_FIELDS})
 
 
 def phase_of(epoch: int, config: Stage2Config) -> str:

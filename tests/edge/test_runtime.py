@@ -1,6 +1,8 @@
 """edge.export + edge.runtime: a tiny real model (2 synthetic modalities, fine-tuned a few epochs) exported to
 ONNX, checked against torch, loaded with ONNX Runtime (CPU here) and with the torch fallback."""
 import os
+import subprocess
+import sys
 import threading
 from typing import Dict, Optional
 
@@ -216,3 +218,17 @@ def test_missing_files_raise_named_errors(built, tmp_path, monkeypatch):
     os.remove(os.path.join(d, "finetuned.pt"))
     with pytest.raises(CosmoError, match="finetuned.pt: fine-tuned weights not found"):
         Runtime.load(d)
+
+
+def test_torch_fallback_loads_without_training_code(built):
+    """The torch fallback reads a model file like the exporter does (``shared.models``): no training module
+    is imported, so a device without ONNX Runtime serves without the training stack's code."""
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from edge.runtime import Runtime\n"
+            "rt = Runtime.load(sys.argv[1])\n"
+            "assert rt.fallback == 'torch', rt.fallback\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('shared.training', 'edge.finetune', 'cloud')))\n"
+            "assert not bad, bad\n")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    p = subprocess.run([sys.executable, "-c", code, built["dir"]], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -1,5 +1,6 @@
 """`edge-agent serve` without torch: the serving process runs with an import guard that makes any
-``import torch`` fail, answers Predict (compact wire form), Info and health, and maps no torch library.
+``import torch`` fail, answers Predict (compact wire form), Info, health and its Prometheus endpoint, and
+maps no torch library.
 
 Also the edge half of the Python 3.6 check (scripts/check_py36.sh runs this file in a venv with the TX2
 stack's pins and onnxruntime 1.10, and no torch at all): there the model folder comes prebuilt
@@ -14,6 +15,8 @@ import time
 import grpc
 import numpy as np
 import pytest
+
+from tests.util import sample, scrape
 
 pytest.importorskip("onnxruntime")
 GUARD = ("import sys; sys.modules['torch'] = None; from edge.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -45,7 +48,8 @@ def test_serve_without_torch(fixture, tmp_path):
     ready = str(tmp_path / "port")
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen([sys.executable, "-c", GUARD, "serve", "--state-dir", state, "--listen", "127.0.0.1:0",
-                             "--ready-file", ready], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--ready-file", ready, "--metrics-listen", "127.0.0.1:0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         end = time.time() + 60
         while not os.path.exists(ready):
@@ -64,6 +68,11 @@ def test_serve_without_torch(fixture, tmp_path):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="cosmo.v1.Inference"),
                                                     timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
+        lines = [proc.stdout.readline().decode() for _ in range(2)]  # printed before the ready file
+        assert lines[1].startswith("Prometheus metrics on http://127.0.0.1:"), lines
+        metrics = scrape(int(lines[1].rsplit(":", 1)[1].split("/")[0]))
+        assert sample(metrics, "grpc_server_handled_total", grpc_method="Predict", grpc_code="OK") == 1
+        assert sample(metrics, "cosmo_edge_model_info", provider="CPUExecutionProvider") == 1
         with open("/proc/{}/maps".format(proc.pid)) as f:
             maps = f.read()
         assert "libtorch" not in maps and "/torch/" not in maps
