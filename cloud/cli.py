@@ -325,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
     sub = p.add_subparsers(dest="command")
     pt = sub.add_parser("pretrain", help="Cosmo stage 1 + quality scoring + ONNX export, locally",
-                        description="Data-parallel stage 1 on several processes or GPUs: "
+                        description="Cosmo stage 1 (contrastive fusion pretraining on the unlabeled windows), "
+                        "quality scoring and ONNX export into OUT, with the edge's labeled/val/test windows; the "
+                        "same stages as a pretrain job. Data-parallel on several processes or GPUs, same flags: "
                         "torchrun --standalone --nproc_per_node N -m cloud.ddp_pretrain --dataset hapt --out DIR "
-                        "(--batch-size is the global batch; negatives are gathered across ranks).")
+                        "(--batch-size is then the global batch; negatives are gathered across ranks).")
     add_stage1_args(pt)
     pt.add_argument("--out", required=True, help="output folder")
     add_package_args(pt)

@@ -1,22 +1,25 @@
 """Command-line flags shared by several entry points; argparse only, so building a parser imports no torch."""
 from typing import Any
 
-from shared.flags import fraction, positive
+from shared.flags import add_config_flags, fraction, positive
+from shared.hparams import Stage1Config
 
 
 def add_stage1_args(p: Any) -> None:
     """The stage-1 flags shared by ``cloud-server pretrain`` and ``cloud.ddp_pretrain``."""
     p.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
                    "or a path to a .npz dataset")
-    p.add_argument("--config", help="YAML file of Stage1Config keys")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="(global) batch size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--fusion", choices=["dirichlet", "grid"])
-    p.add_argument("--num-views", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    p.add_argument("--config", help="YAML file of Stage1Config keys (the flags below win over it)")
+    add_config_flags(p, Stage1Config(), {
+        "epochs": (positive(int), "passes over the unlabeled windows"),
+        "batch_size": (positive(int), "(global) batch size"),
+        "lr": (positive(float), "learning rate"),
+        "fusion": (("dirichlet", "grid"), "how the fusion weights of the P views are drawn"),
+        "num_views": (positive(int), "fused views P per window"),
+        "temperature": (positive(float), "contrastive temperature"),
+        "seed": (int, ""),
+        "device": (str, "auto (CUDA when present), cpu or cuda"),
+    })
     g = p.add_mutually_exclusive_group()
     g.add_argument("--label-rate", type=fraction, help="fraction of training windows held out as labeled (default 0.01)")
     g.add_argument("--labels-per-class", type=positive(int), help="labeled windows per class held out")

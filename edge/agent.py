@@ -142,7 +142,7 @@ class Agent(object):
     def finetune(self, model_dir: str) -> Dict[str, Any]:
         """Stage 2 + ONNX export + verification into ``finetuned/<name>/v<N>`` (skipped when done). Returns
         ``{"folder", "metrics", "stages", "runtime"}``: the verified runtime, to be served as it is."""
-        from shared.training.stage2 import Stage2Config
+        from shared.hparams import Stage2Config
 
         from .export import export_finetuned
         from .finetune import run_finetune

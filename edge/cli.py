@@ -30,7 +30,7 @@ from shared.errors import CosmoError
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from shared.config import load_config
-    from shared.training.stage2 import Stage2Config
+    from shared.hparams import Stage2Config
 
     from .finetune import run_finetune, summarize
     overrides = {"epochs": a.epochs, "t_iter": a.t_iter, "encoder_lr": a.encoder_lr,
@@ -90,7 +90,7 @@ def _agent(a: argparse.Namespace, channel: bool = True, existing: bool = False) 
 
     def config() -> Any:  # built when a fine-tune runs (training imports torch)
         from shared.config import load_config
-        from shared.training.stage2 import Stage2Config
+        from shared.hparams import Stage2Config
         return load_config(Stage2Config, getattr(a, "config", None), {
             "seed": getattr(a, "seed", None), "epochs": getattr(a, "epochs", None),
             "modality_dropout": getattr(a, "modality_dropout", None), "selection": getattr(a, "selection", None)})
@@ -294,15 +294,18 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from shared.client import add_link_args
-    from shared.flags import finish_cli, fraction, positive
+    from shared.flags import add_config_flags, finish_cli, fraction, positive
+    from shared.hparams import Stage2Config
+
+    s2 = Stage2Config()
 
     def robust(sp: argparse.ArgumentParser) -> None:
         """Stage 2 for graceful sensor loss (README, "Missing sensors"): 0.3 and subsets on HAPT."""
-        sp.add_argument("--modality-dropout", type=positive(float, zero=True),
-                        help="probability that a training window loses one modality (default 0: the paper's Cosmo)")
-        sp.add_argument("--selection", choices=["full", "subsets"],
-                        help="keep the epoch best on validation with every sensor (full, default) or on average "
-                             "over every sensor subset (subsets)")
+        add_config_flags(sp, s2, {
+            "modality_dropout": (positive(float, zero=True), "probability that a training window loses one modality "
+                                 "(0: the paper's Cosmo)"),
+            "selection": (("full", "subsets"), "keep the epoch best on validation with every sensor (full) or on "
+                          "average over every sensor subset (subsets)")})
 
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,16 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", required=True, help="folder with encoders.pt + manifest.json (a pretrain output)")
     f.add_argument("--labels", required=True, help="folder with labeled.npz, val.npz (and optionally test.npz)")
     f.add_argument("--out", required=True, help="where to write finetuned.pt and metrics.json")
-    f.add_argument("--config", help="YAML file of Stage2Config keys")
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--t-iter", type=int)
-    f.add_argument("--encoder-lr", type=float)
-    f.add_argument("--classifier-lr", type=float)
-    f.add_argument("--lam", type=float, help="weight of the quality prior in the attention (0..1)")
-    f.add_argument("--fusion", choices=["sum", "concat"])
-    f.add_argument("--schedule", choices=["iterative", "joint", "frozen"])
-    f.add_argument("--seed", type=int)
-    f.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    f.add_argument("--config", help="YAML file of Stage2Config keys (the flags below win over it)")
+    add_config_flags(f, s2, {
+        "epochs": (positive(int), "training epochs"),
+        "t_iter": (positive(int), "epochs per phase (encoders, then classifier, alternating)"),
+        "encoder_lr": (positive(float), "learning rate of the encoders"),
+        "classifier_lr": (positive(float), "learning rate of the classifier"),
+        "lam": (float, "weight of the quality prior in the attention, 0..1"),
+        "fusion": (("sum", "concat"), "how the attention fuses the modalities"),
+        "schedule": (("iterative", "joint", "frozen"), "iterative: Cosmo's alternation"),
+        "seed": (int, ""),
+        "device": (str, "auto (CUDA when present), cpu or cuda"),
+    })
     robust(f)
     f.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="ablation: random encoders of the same architecture instead of the shipped ones")
@@ -366,9 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
     r = listener(cloud(common(sub.add_parser("run", help="the daemon: follow the registry, fine-tune, serve"))))
     r.add_argument("--labels", required=True, help="folder with labeled.npz and val.npz (test.npz optional)")
-    r.add_argument("--config", help="YAML file of Stage2Config keys")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--seed", type=int)
+    r.add_argument("--config", help="YAML file of Stage2Config keys (the flags below win over it)")
+    add_config_flags(r, s2, {"epochs": (positive(int), "fine-tuning epochs per new version"), "seed": (int, "")})
     robust(r)
     r.add_argument("--edge-id", default="")
     r.add_argument("--require-gpu", action="store_true", help="fail instead of running on CPU")

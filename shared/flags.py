@@ -14,6 +14,17 @@ def add_field_flags(parser: argparse.ArgumentParser, defaults: Any, helps: Dict[
                             help="{} (default {})".format(text, value))
 
 
+def add_config_flags(parser: Any, defaults: Any, specs: Dict[str, Any]) -> None:
+    """Training flags over a config dataclass (``shared.hparams``): ``--field-name`` for every ``specs``
+    key, ``(type or list of choices, help)``. The flag's value stays None unless given, so a ``--config``
+    file's value (else the dataclass default) applies; ``--help`` shows that default."""
+    for name, (kind, text) in specs.items():
+        default = getattr(defaults, name)
+        extra = {"choices": list(kind)} if isinstance(kind, (list, tuple)) else {"type": kind}
+        parser.add_argument("--" + name.replace("_", "-"), default=None,
+                            help="{}{}(default {})".format(text, " " if text else "", default), **extra)
+
+
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
     """``--metrics-listen``, the same on both daemons (``shared.rpc.metrics``)."""
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
@@ -97,5 +108,5 @@ def fraction(text: str) -> float:
     return v
 
 
-__all__ = ["add_field_flags", "add_metrics_flag", "check_metrics_flag", "finish_cli", "fraction", "positive",
+__all__ = ["add_config_flags", "add_field_flags", "add_metrics_flag", "check_metrics_flag", "finish_cli", "fraction", "positive",
            "setup_logging"]

@@ -201,6 +201,11 @@ class MiniLMTextEncoder(TextEncoder):
         self.device = device
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
+        try:  # transformers' own progress bars ("Loading weights") stay out of daemons' logs and CLIs' output
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
         for p in self.model.parameters():

@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from dataclasses import dataclass
 from torch import nn
 
 from ..contract import ENCODERS  # noqa: F401  (re-exported)
@@ -31,69 +30,13 @@ from ..models.encoders import build_encoder
 from ..models.heads import ProjectionHead
 from .common import augment, iterate_batches, make_optimizer, pick_device, save_torch_atomic, seed_everything
 from ..config import config_dict
+from ..hparams import Stage1Config  # noqa: F401  (re-exported)
 from .distributed import (all_gather_object, barrier, broadcast_flag, broadcast_object, current, gather_with_grad,
                           sync_batchnorm, sync_batchnorm_kind, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "stage1_last.pt"
-
-
-@dataclass(frozen=True)
-class Stage1Config:
-    """Stage-1 hyper-parameters (reference values in docs/REFERENCE.md: SGD 0.01, batch 32, tau 0.07, P 9).
-
-    ``input_views``: each window is encoded this many times, each copy with its own random scaling
-    (``scale``) and jitter (``jitter``), and contributes ``num_views / input_views`` fused views; all
-    ``num_views`` views of a window are positives of each other. ``input_views=1, jitter=0, scale=0``
-    is the paper's method exactly (fusion weights are the only augmentation). Our default (2 copies)
-    is a deviation, measured on HAPT: with acc + gyro, fusion alone aligns the two modalities on what
-    they share and drops what only the accelerometer sees (posture from gravity), so its frozen
-    features probed no better than random ones (71 % vs 75 %), while 2 augmented copies gave 84 %.
-    """
-
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    temperature: float = 0.07
-    num_views: int = 8
-    fusion: str = "dirichlet"
-    concentration: float = 1.0
-    proj_dim: int = 128
-    proj_hidden: int = 256
-    encoder_widths: Sequence[int] = (64, 64, 64, 32)
-    encoder_dropout: float = 0.2
-    out_steps: int = 8
-    input_views: int = 2
-    jitter: float = 0.1
-    scale: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-
-    def check(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError("stage1: field 'epochs' must be >= 1, got {}".format(self.epochs))
-        if self.batch_size < 2:
-            raise ConfigError("stage1: field 'batch_size' must be >= 2, got {}".format(self.batch_size))
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError("stage1: field 'optimizer' must be 'sgd' or 'adam', got {!r}".format(self.optimizer))
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError("stage1: field 'schedule' must be 'cosine' or 'constant', got {!r}".format(self.schedule))
-        if self.lr <= 0:
-            raise ConfigError("stage1: field 'lr' must be > 0, got {}".format(self.lr))
-        if self.fusion not in ("dirichlet", "grid"):
-            raise ConfigError("stage1: field 'fusion' must be 'dirichlet' or 'grid', got {!r}".format(self.fusion))
-        if self.num_views < 2:
-            raise ConfigError("stage1: field 'num_views' must be >= 2, got {}".format(self.num_views))
-        if self.input_views < 1 or self.num_views % self.input_views:
-            raise ConfigError("stage1: field 'input_views' must be >= 1 and divide num_views={}, got {}".format(
-                self.num_views, self.input_views))
-        if self.temperature <= 0:
-            raise ConfigError("stage1: field 'temperature' must be > 0, got {}".format(self.temperature))
 
 
 def build_encoders(specs: Sequence[ModalitySpec], windows: Sequence[int], widths: Sequence[int],

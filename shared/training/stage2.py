@@ -14,83 +14,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dataclasses import dataclass
 from torch import nn
 
 from ..data.dataset import MultimodalDataset
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models.classifier import CosmoModel
 from ..models.finetuned import ARCH_FIELDS, build_cosmo_model
 from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
 from ..metrics import accuracy_f1
+from ..hparams import Stage2Config  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Stage2Config:
-    """Stage-2 hyper-parameters. ``schedule``: ``"iterative"`` (Cosmo), ``"joint"`` (both parts every
-    step, the reference code's actual behaviour) or ``"frozen"`` (encoders never trained).
-
-    ``start_with="classifier"``: the paper trains the encoders first against a randomly initialized,
-    frozen classifier; we start with the classifier so the first encoder updates follow a useful
-    signal (``"encoders"`` gives the paper's order). ``fusion="concat"``: on HAPT acc + gyro,
-    ConcatAttn beat SumAttn (87.4 % vs 81.5 % test at 1 % labels, seed 0), since the accelerometer
-    carries posture that the gyroscope does not.
-
-    ``modality_dropout``: the probability that a training window loses one of its modalities (chosen at
-    random; never all of them): its input is zeroed and it is masked out of the attention exactly as a
-    sensor that is off at serving time, so the model learns to predict from any non-empty subset.
-    ``selection``: which validation accuracy picks the epoch kept: ``"full"`` (every modality present) or
-    ``"subsets"`` (the mean over every modality present and each one switched off in turn).
-    """
-
-    epochs: int = 100
-    t_iter: int = 5
-    start_with: str = "classifier"
-    schedule: str = "iterative"
-    batch_size: int = 16
-    optimizer: str = "adam"
-    encoder_lr: float = 1e-3
-    classifier_lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lam: float = 0.8
-    fusion: str = "concat"
-    gru_hidden: int = 64
-    mlp_hidden: int = 64
-    dropout: float = 0.2
-    jitter: float = 0.05
-    scale: float = 0.1
-    modality_dropout: float = 0.0
-    selection: str = "full"
-    seed: int = 0
-    device: str = "auto"
-
-    def check(self) -> None:
-        if self.selection not in ("full", "subsets"):
-            raise ConfigError("stage2: field 'selection' must be 'full' or 'subsets', got {!r}".format(self.selection))
-        if not 0.0 <= self.modality_dropout < 1.0:
-            raise ConfigError("stage2: field 'modality_dropout' must be in [0, 1), got {}".format(
-                self.modality_dropout))
-        if self.epochs < 1 or self.t_iter < 1:
-            raise ConfigError("stage2: fields 'epochs' and 't_iter' must be >= 1, got {} and {}".format(
-                self.epochs, self.t_iter))
-        if self.start_with not in ("classifier", "encoders"):
-            raise ConfigError("stage2: field 'start_with' must be 'classifier' or 'encoders', got {!r}".format(
-                self.start_with))
-        if self.schedule not in ("iterative", "joint", "frozen"):
-            raise ConfigError("stage2: field 'schedule' must be 'iterative', 'joint' or 'frozen', got {!r}".format(
-                self.schedule))
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError("stage2: field 'optimizer' must be 'sgd' or 'adam', got {!r}".format(self.optimizer))
-        if self.encoder_lr <= 0 or self.classifier_lr <= 0:
-            raise ConfigError("stage2: learning rates must be > 0, got encoder_lr={} classifier_lr={}".format(
-                self.encoder_lr, self.classifier_lr))
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError("stage2: field 'lam' must be in [0, 1], got {}".format(self.lam))
-        if self.fusion not in ("sum", "concat"):
-            raise ConfigError("stage2: field 'fusion' must be 'sum' or 'concat', got {!r}".format(self.fusion))
 
 
 def build_model(encoders: Sequence[nn.Module], modalities: Sequence[str], num_classes: int,
