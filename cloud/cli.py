@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow a --listen address other hosts can reach without a token or TLS")
     sv.add_argument("--datasets-dir", help="jobs may train on dataset paths under this folder (NAME:PATH or "
                     "PATH.npz, relative to it); without it only the packaged datasets (hapt, basicmotions, "
-                    "synthetic)")
+                    "seglearn_watch, crowdsignals, synthetic)")
     sv.add_argument("--max-jobs", type=int, default=1, help="jobs running at once")
     sv.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on SIGTERM")
     sv.add_argument("--ready-file", help="write the bound port here once serving")

@@ -7,8 +7,8 @@ from shared.hparams import Stage1Config
 
 def add_stage1_args(p: Any) -> None:
     """The stage-1 flags shared by ``cloud-server pretrain`` and ``cloud.ddp_pretrain``."""
-    p.add_argument("--dataset", default="hapt", help="hapt, basicmotions, synthetic, uschad:DIR, utdmhad:DIR "
-                   "or a path to a .npz dataset")
+    p.add_argument("--dataset", default="hapt", help="hapt, basicmotions, seglearn_watch, crowdsignals, synthetic, "
+                   "uschad:DIR, utdmhad:DIR or a path to a .npz dataset")
     p.add_argument("--config", help="YAML file of Stage1Config keys (the flags below win over it)")
     add_config_flags(p, Stage1Config(), {
         "epochs": (positive(int), "passes over the unlabeled windows"),

@@ -8,7 +8,8 @@ distillation losses, and a dataset that is either a built-in name or a path conf
 
 Datasets (``resolve_dataset``):
 
-* ``hapt``, ``basicmotions``, ``synthetic``: the packaged copies (no path);
+* ``hapt``, ``basicmotions``, ``seglearn_watch``, ``crowdsignals``, ``synthetic``: the packaged copies (no
+  path);
 * ``NAME:PATH`` (``uschad:USC-HAD``) and ``PATH.npz`` / ``PATH.json`` (a saved dataset): PATH relative
   to ``--datasets-dir`` (or absolute inside it); resolved with symlinks, and refused unless the result
   lies inside the resolved datasets dir. A refused path gets the same answer whether it exists or not.
@@ -84,17 +85,17 @@ def _confine(path: str, datasets_dir: Optional[str]) -> str:
 
 def resolve_dataset(dataset: str, datasets_dir: Optional[str]) -> str:
     """The ``load_named`` argument for a submitted ``dataset`` (see the module docstring)."""
-    from shared.data import LOADERS
+    from shared.data import LOADERS, loader_name
 
     if not isinstance(dataset, str) or not dataset:
-        raise ConfigError("field 'dataset' is empty (hapt, basicmotions, synthetic, NAME:PATH or a .npz path)")
+        raise ConfigError("field 'dataset' is empty (hapt, basicmotions, seglearn_watch, crowdsignals, synthetic, NAME:PATH or a .npz path)")
     if len(dataset) > MAX_DATASET_CHARS:
         raise ConfigError("field 'dataset' is over {} characters".format(MAX_DATASET_CHARS))
     if dataset.lower().endswith((".npz", ".json")):
         return _confine(dataset, datasets_dir)
     prefix, sep, location = dataset.partition(":")
-    key = prefix.lower().replace("-", "").replace("_", "")
-    if key not in LOADERS:
+    key = loader_name(prefix)
+    if key is None:
         raise ConfigError("field 'dataset': unknown dataset {}; valid names: {}, NAME:PATH or a saved .npz "
                           "dataset under --datasets-dir".format(clip(dataset), ", ".join(sorted(LOADERS))))
     if sep:

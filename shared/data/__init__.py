@@ -5,12 +5,15 @@ does no I/O (loaders find their files when called).
 """
 import inspect
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from ..errors import ConfigError, DataError
 from .basicmotions import load_basicmotions, read_ts
+from .crowdsignals import load_crowdsignals, read_crowdsignals
 from .dataset import FORMAT_VERSION, ModalitySpec, MultimodalDataset, concat, make_dataset
-from .hapt import RestrictedUnpickler, load_hapt, read_hapt_pickle, read_hapt_uci
+from .hapt import load_hapt, read_hapt_pickle, read_hapt_uci
+from .pickles import RestrictedUnpickler
+from .seglearn_watch import load_seglearn_watch, read_watch
 from .narration import NarratedDataset, narrate, read_ego4d
 from .splits import Normalizer, Split, labeled_unlabeled, sample_labels, subject_split
 from .synthetic import make_synthetic
@@ -24,14 +27,23 @@ LOADERS: Dict[str, Callable[..., MultimodalDataset]] = {
     "synthetic": make_synthetic,
     "uschad": load_uschad,
     "utdmhad": load_utdmhad,
+    "seglearn_watch": load_seglearn_watch,
+    "crowdsignals": load_crowdsignals,
 }
+
+
+def loader_name(name: str) -> Optional[str]:
+    """The ``LOADERS`` key that ``name`` means (case-insensitive, ``-`` and ``_`` ignored), else None."""
+    norm = name.lower().replace("-", "").replace("_", "")
+    return next((k for k in LOADERS if k.replace("_", "") == norm), None)
 
 
 def load_named(name: str, **kwargs: object) -> MultimodalDataset:
     """Load a data set by name, or a saved ``.npz``/``.json`` dataset by path.
 
     Names (case-insensitive; ``-`` and ``_`` ignored, so ``"USC-HAD"`` works): ``hapt``,
-    ``basicmotions``, ``synthetic``, ``uschad``, ``utdmhad``; ``kwargs`` go to the loader
+    ``basicmotions``, ``synthetic``, ``uschad``, ``utdmhad``, ``seglearn_watch``, ``crowdsignals``;
+    ``kwargs`` go to the loader
     (``load_hapt``, ``load_basicmotions``, ``make_synthetic``, ``load_uschad(root=...)``,
     ``load_utdmhad(root=...)``); ``"NAME:PATH"`` passes PATH as the loader's first argument
     (``"uschad:/data/USC-HAD"``, ``"hapt:/data/HAPT Data Set"``). A name ending in ``.npz`` or ``.json`` is read with
@@ -48,8 +60,8 @@ def load_named(name: str, **kwargs: object) -> MultimodalDataset:
                 name, sorted(kwargs)))
         return MultimodalDataset.load(os.path.expanduser(name))
     prefix, sep, location = name.partition(":")
-    key = prefix.lower().replace("-", "").replace("_", "")
-    loader = LOADERS.get(key)
+    key = loader_name(prefix)
+    loader = LOADERS.get(key) if key else None
     if sep and loader is not None and key != "synthetic":
         # "uschad:/data/USC-HAD" -> load_uschad("/data/USC-HAD"): the loader's first argument is its path
         return loader(os.path.expanduser(location), **kwargs)
@@ -76,9 +88,11 @@ __all__ = [
     "load_basicmotions", "read_ts",
     "load_uschad", "read_uschad",
     "load_utdmhad",
+    "load_seglearn_watch", "read_watch",
+    "load_crowdsignals", "read_crowdsignals",
     "make_synthetic",
     "NarratedDataset", "narrate", "read_ego4d",
-    "LOADERS", "load_named",
+    "LOADERS", "load_named", "loader_name",
     # errors used by the data layer
     "DataError",
 ]

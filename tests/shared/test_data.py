@@ -710,7 +710,8 @@ class TestPackage:
     def test_all_exports(self):
         for name in data_pkg.__all__:
             assert hasattr(data_pkg, name), name
-        assert set(LOADERS) == {"hapt", "basicmotions", "synthetic", "uschad", "utdmhad"}
+        assert set(LOADERS) == {"hapt", "basicmotions", "synthetic", "uschad", "utdmhad", "seglearn_watch",
+                                "crowdsignals"}
 
     def test_load_named(self, tmp_path):
         d = load_named("synthetic", num_subjects=3, windows_per_subject=8, seed=1)
@@ -722,7 +723,8 @@ class TestPackage:
         assert load_named("USC-HAD", root=str(tmp_path / "usc")).labels.tolist() == [1, 1, 1]
         _write_utd(tmp_path / "utd", [(4, 2, 1)])
         assert load_named("utd_mhad", root=str(tmp_path / "utd")).labels.tolist() == [3]
-        with pytest.raises(DataError, match="basicmotions, hapt, synthetic, uschad, utdmhad"):
+        with pytest.raises(DataError, match="basicmotions, crowdsignals, hapt, seglearn_watch, synthetic, uschad, "
+                                            "utdmhad"):
             load_named("mnist")
         with pytest.raises(ConfigError, match="unknown arguments"):
             load_named("synthetic", num_subject=3)
