@@ -131,4 +131,44 @@ class Stage2Config:
             raise ConfigError("stage2: field 'fusion' must be 'sum' or 'concat', got {!r}".format(self.fusion))
 
 
-__all__ = ["Stage1Config", "Stage2Config"]
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """On-device personalization from one user's unlabeled windows (``shared.training.adapt``).
+
+    ``bn_mix``: how far every BatchNorm layer's statistics move from the training data's towards the
+    user's (0: not at all, 1: the user's alone, "AdaBN"). ``self_train_epochs``: epochs of fine-tuning the
+    classifier on the adapted model's own confident predictions (probability >= ``threshold``), with the
+    encoders frozen and stage 2's augmentation as the consistency between views. ``gate``: ``"none"``, or
+    ``"confidence"`` (keep the adaptation only if the mean top-class probability on the user's windows
+    does not fall, else keep the model as it was). ``min_windows``: fewer user windows than this: no
+    adaptation. The defaults change nothing (``bn_mix 0``, no self-training): settings are chosen on
+    validation users (``python -m benchmarks.personalize``), never on the users scored.
+    """
+
+    bn_mix: float = 0.0
+    self_train_epochs: int = 0
+    threshold: float = 0.9
+    lr: float = 1e-3
+    gate: str = "none"
+    min_windows: int = 32
+    batch_size: int = 64
+    seed: int = 0
+
+    def check(self) -> None:
+        if not 0.0 <= self.bn_mix <= 1.0:
+            raise ConfigError("adapt: field 'bn_mix' must be in [0, 1], got {}".format(self.bn_mix))
+        if self.self_train_epochs < 0:
+            raise ConfigError("adapt: field 'self_train_epochs' must be >= 0, got {}".format(self.self_train_epochs))
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("adapt: field 'threshold' must be in (0, 1], got {}".format(self.threshold))
+        if self.lr <= 0:
+            raise ConfigError("adapt: field 'lr' must be > 0, got {}".format(self.lr))
+        if self.gate not in ("none", "confidence"):
+            raise ConfigError("adapt: field 'gate' must be 'none' or 'confidence', got {!r}".format(self.gate))
+        if self.min_windows < 1 or self.batch_size < 2:
+            raise ConfigError("adapt: fields 'min_windows' >= 1 and 'batch_size' >= 2, got {} and {}".format(
+                self.min_windows, self.batch_size))
+
+
+__all__ = ["AdaptConfig", "Stage1Config", "Stage2Config"]
