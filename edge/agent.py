@@ -6,6 +6,8 @@ State folder (``--state-dir S``)::
     S/finetuned/<name>/v<N>/      stage 2 on the local labels: finetuned.pt, model.onnx (verified),
                                   encoders.pt, manifest.json, metrics.json
     S/finetuned/<name>/.v<N>.partial/   fine-tuning in progress (redone after a crash)
+    S/personalized/<name>/v<N>/   v<N> adapted to this device's user (edge.personal; edge-agent personalize)
+    S/personal/windows.npz        the user's windows kept for that (--personal-windows; never sent)
     S/state.json                  {"serving": {...}, "history": [...], "aligned": {...}}: what serves, what
                                   served before, the installed aligned model
     S/index.sqlite                the search index of recent windows (edge.index; --index-capacity)
@@ -216,7 +218,8 @@ class Agent(object):
         if not s:
             return None
         cur = self.holder.get()
-        if cur is not None and int(cur.version) == int(s["version"]) and cur.name == s["name"]:
+        if cur is not None and int(cur.version) == int(s["version"]) and cur.name == s["name"] and \
+                os.path.abspath(cur.model_dir) == os.path.abspath(s["path"]):  # a personalized copy is another
             return cur
         rt = self._load(s["path"])
         self.holder.swap(rt)
@@ -374,7 +377,7 @@ class Agent(object):
         return s is None or s["name"] != self.model_name or version > int(s["version"])
 
     def _watch_state(self, stop: threading.Event, every: float) -> None:
-        """Pick up ``edge-agent rollback`` (which rewrites state.json) while running."""
+        """Pick up ``edge-agent rollback`` and ``personalize`` (which rewrite state.json) while running."""
         while not stop.wait(every):
             try:
                 self.load_serving()

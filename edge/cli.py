@@ -128,8 +128,12 @@ def _serve_until_signal(agent: Any, a: argparse.Namespace, loop: Optional[Any] =
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    user_windows = None
+    if a.personal_windows:
+        from .personal import UserWindows
+        user_windows = UserWindows(agent.state_dir, a.personal_windows)
     server = EdgeServer(agent.holder, a.listen, limits=limits, aligned=agent.aligned, token=token, tls=tls,
-                        metrics_listen=a.metrics_listen)
+                        metrics_listen=a.metrics_listen, user_windows=user_windows)
     port = server.start()
     print("Inference service on {} (port {})".format(a.listen, port), flush=True)
     if server.metrics is not None:
@@ -217,6 +221,28 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     print("now serving {} v{} ({}); a running agent picks it up within a second".format(
         prev["name"], prev["version"], prev["path"]))
     return 0
+
+
+def cmd_personalize(a: argparse.Namespace) -> int:
+    from shared.config import load_config
+    from shared.hparams import AdaptConfig
+
+    from .personal import personalize
+    if not os.path.isdir(a.labels):
+        raise CosmoError("--labels {}: not a folder (it needs val.npz: the verification data)".format(a.labels))
+    cfg = load_config(AdaptConfig, None, {f: getattr(a, f) for f in _ADAPT_FLAGS})
+    res = personalize(_agent(a, channel=False, existing=True), cfg)
+    if not res["adapted"]:
+        print("not personalized ({}); the model serving is unchanged".format(res["reason"]))
+        return 0
+    print("personalized on {} windows of this device's user (top-class confidence {:.3f} -> {:.3f}); validation "
+          "accuracy {:.4f} (ONNX {:.4f}); now serving {}; a running agent picks it up within a second".format(
+              res["windows"], res["confidence_before"], res["confidence_after"], res["val_accuracy"],
+              res["onnx_val_accuracy"], res["folder"]))
+    return 0
+
+
+_ADAPT_FLAGS = ("bn_mix", "self_train_epochs", "threshold", "gate", "min_windows", "seed")
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -358,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         from .service import EdgeLimits
         add_field_flags(sp, EdgeLimits(), _LIMIT_FLAGS)
         add_metrics_flag(sp)
+        sp.add_argument("--personal-windows", type=positive(int, zero=True), default=0,
+                        help="keep the last N windows StreamPredict forms, on the device only, for `edge-agent "
+                        "personalize` (default 0: keep none)")
         sp.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per inference (0: one per core)")
         sp.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
@@ -396,6 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=cmd_info)
     rb = common(sub.add_parser("rollback", help="serve the previous version again"))
     rb.set_defaults(func=cmd_rollback)
+    pz = common(sub.add_parser("personalize", help="adapt the serving model to this device's user, from the "
+                               "windows kept with --personal-windows (verified, then swapped in)"))
+    pz.add_argument("--labels", required=True, help="folder with val.npz (the verification every model passes)")
+    from .personal import RECOMMENDED
+    add_config_flags(pz, RECOMMENDED, {
+        "bn_mix": (positive(float, zero=True), "how far BatchNorm statistics move to the user's, 0..1"),
+        "self_train_epochs": (positive(int, zero=True), "epochs of self-training on confident predictions"),
+        "threshold": (fraction, "confidence a prediction needs to be a pseudo-label"),
+        "gate": (("none", "confidence"), "confidence: keep the adaptation only if the mean confidence does not fall"),
+        "min_windows": (positive(int), "fewer stored windows: no adaptation"),
+        "seed": (int, ""),
+    })
+    pz.set_defaults(func=cmd_personalize, **{f: getattr(RECOMMENDED, f) for f in _ADAPT_FLAGS})
     ex = sub.add_parser("export", help="ONNX export (opset 13) of a fine-tuned model, checked against torch")
     ex.add_argument("--model", required=True, help="the pulled version the model was fine-tuned from")
     ex.add_argument("--finetuned", required=True, help="the `finetune --out` folder (gets model.onnx)")

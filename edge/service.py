@@ -114,8 +114,9 @@ class InferenceServicer(object):
     """``cosmo.v1.Inference`` over a ``ModelHolder`` (async handlers; counters live on the loop's thread)."""
 
     def __init__(self, holder: ModelHolder, limits: Optional[EdgeLimits] = None,
-                 aligned: Optional[AlignedHolder] = None) -> None:
+                 aligned: Optional[AlignedHolder] = None, user_windows: Any = None) -> None:
         self.holder = holder
+        self.user_windows = user_windows  # edge.personal.UserWindows: StreamPredict's windows, kept on the device
         self.limits = limits or EdgeLimits()
         self.max_batch = int(self.limits.max_batch)
         self.aligned = aligned if aligned is not None else AlignedHolder()
@@ -247,6 +248,8 @@ class InferenceServicer(object):
                     def run(w: Dict[str, np.ndarray] = w, k: int = k) -> Any:
                         out = rt.predict(w)
                         self._index(w, {}, "StreamPredict", labels=[rt.classes[int(i)] for i in out["label"]])
+                        if self.user_windows is not None:
+                            self.user_windows.add(w, rt.modalities)
                         return prediction_response(rt, out, window_index=k)
                     if self.model_seconds is not None:
                         run = self._timed("StreamPredict", run)
@@ -341,12 +344,12 @@ class EdgeServer(object):
 
     def __init__(self, holder: ModelHolder, listen: str = DEFAULT_LISTEN, limits: Optional[EdgeLimits] = None,
                  aligned: Optional[AlignedHolder] = None, token: Optional[str] = None, tls: Any = None,
-                 metrics_listen: Optional[str] = None) -> None:
+                 metrics_listen: Optional[str] = None, user_windows: Any = None) -> None:
         self.holder, self.listen, self.token, self.tls = holder, listen, token, tls
         self.metrics_listen = metrics_listen
         self.metrics = None  # type: Any  # the MetricsServer with metrics_listen
         self.limits = limits or EdgeLimits()
-        self.servicer = InferenceServicer(holder, self.limits, aligned)
+        self.servicer = InferenceServicer(holder, self.limits, aligned, user_windows)
         self.port = self.metrics_port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edge-aio", daemon=True)
@@ -438,6 +441,8 @@ class EdgeServer(object):
              ("name", "version"), [((art.name, str(art.version)), 1)] if art is not None else []),
             ("cosmo_edge_index_windows", "Windows in the search index.", (),
              [((), index.size if index is not None else 0)]),
+            ("cosmo_edge_personal_windows", "The user's windows kept for personalization (--personal-windows).", (),
+             [((), len(sv.user_windows) if sv.user_windows is not None else 0)]),
         ]
         return rows
 
@@ -465,6 +470,8 @@ class EdgeServer(object):
             self._thread.join(10)
             if self.metrics is not None:
                 self.metrics.stop()
+            if self.servicer.user_windows is not None:
+                self.servicer.user_windows.flush()
 
     async def _stop(self, grace: Optional[float]) -> None:
         await self.health.set("", self._serving.NOT_SERVING)

@@ -65,6 +65,8 @@ def _bad(tmp_path):
         (["serve", "--state-dir", d, "--listen-token-file", missing], "--listen-token-file"),
         (["serve", "--state-dir", d, "--metrics-listen", "127.0.0.1:70000"], "--metrics-listen"),
         (["serve", "--state-dir", d, "--max-streams", "0"], "--max-streams"),
+        (["personalize", "--state-dir", d, "--labels", missing], "--labels"),
+        (["personalize", "--state-dir", d, "--labels", d, "--gate", "often"], "--gate"),
         (["run", "--state-dir", d, "--cloud", DOWN, "--labels", d, "--watts", "0"], "--watts"),
         (["run", "--state-dir", d, "--cloud", DOWN, "--labels", d, "--config", missing], "--config"),
         (["pull", "--state-dir", d, "--cloud", DOWN, "--token-file", missing], "--token-file"),
