@@ -2,6 +2,8 @@
 
 * UCI HAPT (acc + gyro, 6 activities, subject-wise split with split seed 0): label rates 1 %, 2 %, 5 %,
   10 %, 100 % of the training windows;
+* seglearn's watch set (subject-wise) and CrowdSignals (phone IMU + watch IMU + heart rate, M = 3,
+  time-blocked folds as subjects): 1 %, 5 %, 100 %;
 * BasicMotions (acc + gyro, 4 activities): 1, 2, 4 labeled series per class. The archive has no subject
   ids, so the original TRAIN/TEST split (``meta["original_split"]``) is used: test = the 40 TEST series,
   validation = 2 TRAIN series per class (stratified, split seed 0), train = the other 32 TRAIN series;
@@ -25,6 +27,8 @@ changing ``--s1-epochs``/``--s2-epochs``.
     python -m benchmarks.accuracy --out results/accuracy                 # 3 seeds, no step cap (many hours here)
     python -m benchmarks.suite                                           # the suite's full run (capped steps)
     python -m benchmarks.accuracy --out results/accuracy-quick --quick   # a smoke run (about 10 min)
+    python -m benchmarks.accuracy --datasets seglearn_watch crowdsignals --seeds 0 1 2 3 4 --settings 1% 5% \
+        --s1-epochs 10 --s2-max-steps 500 --ratio-dataset none --out results/accuracy-more
 """
 import argparse
 import os
@@ -49,15 +53,23 @@ from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, loa
                              pretrain)
 from shared.files import cached_json, write_json
 
+from benchmarks.report import paired
+
 # (name, rate, per_class) per dataset
 SETTINGS = OrderedDict([
     ("hapt", [("1%", 0.01, None), ("2%", 0.02, None), ("5%", 0.05, None), ("10%", 0.10, None),
               ("100%", 1.0, None)]),
     ("basicmotions", [("1/class", None, 1), ("2/class", None, 2), ("4/class", None, 4)]),
+    ("seglearn_watch", [("1%", 0.01, None), ("5%", 0.05, None), ("100%", 1.0, None)]),
+    ("crowdsignals", [("1%", 0.01, None), ("5%", 0.05, None), ("100%", 1.0, None)]),
 ])
-QUICK_SETTINGS = {"hapt": ["1%", "5%"], "basicmotions": ["1/class", "4/class"]}
+QUICK_SETTINGS = {"hapt": ["1%", "5%"], "basicmotions": ["1/class", "4/class"], "seglearn_watch": ["1%", "5%"],
+                  "crowdsignals": ["1%", "5%"]}
 TITLES = {"hapt": "UCI HAPT (acc + gyro, 6 activities, subject-wise split)",
-          "basicmotions": "BasicMotions (acc + gyro, 4 activities, original TRAIN/TEST split)"}
+          "basicmotions": "BasicMotions (acc + gyro, 4 activities, original TRAIN/TEST split)",
+          "seglearn_watch": "seglearn watch (smartwatch acc + gyro, 7 shoulder exercises, subject-wise split)",
+          "crowdsignals": "CrowdSignals (phone IMU + watch IMU + heart rate, 8 activities, one person, "
+                          "time-blocked split)"}
 PRETRAINED = ("cmc", "cpc")
 SUPERVISED = ("deepsense", "attnsense")
 
@@ -86,6 +98,15 @@ def prepare_dataset(name: str, seed: int = 0) -> Tuple[MultimodalDataset, Multim
         how = ("original TRAIN/TEST split (no subject ids: each series is its own subject); validation = 2 TRAIN "
                "series per class (stratified, split seed {}); {} train / {} val / {} test series".format(
                    seed, len(train), len(val), len(test)))
+    elif name in ("seglearn_watch", "crowdsignals"):
+        from shared.data import load_named
+        ds = load_named(name)
+        split = subject_split(ds, seed=seed)
+        train, val, test = split.train, split.val, split.test
+        unit = "time-folds (each labelled interval cut into 10 consecutive blocks)" if name == "crowdsignals" \
+            else "subjects"
+        how = "split by {} (split seed {}): {} train / {} val / {} test".format(
+            unit, seed, len(split.train_subjects), len(split.val_subjects), len(split.test_subjects))
     else:
         raise SystemExit("unknown dataset {!r}; known: {}".format(name, list(SETTINGS)))
     norm = Normalizer.fit(train)
@@ -201,6 +222,8 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="HAPT 1%% and 5%%, BasicMotions 1 and 4 per class, 1 seed, few epochs, ratios 1, 5, all")
     ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
+    ap.add_argument("--settings", nargs="+", help="only these label settings (e.g. 1%% 5%%; default: every one of "
+                    "each dataset)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -208,6 +231,8 @@ def main(argv: Any = None) -> int:
     if a.quick:
         a.seeds, a.s1_epochs, a.s2_epochs, a.ratios = [0], 3, 20, ["1", "5", "all"]
         settings = OrderedDict((d, [s for s in SETTINGS[d] if s[0] in QUICK_SETTINGS[d]]) for d in a.datasets)
+    if a.settings:
+        settings = OrderedDict((d, [s for s in sets if s[0] in a.settings]) for d, sets in settings.items())
     do_ratio = a.ratio_dataset in settings and any(s[0] == a.ratio_setting for s in settings[a.ratio_dataset])
     from tqdm import tqdm
 
@@ -372,6 +397,25 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                 lines.append("| {} | {} | {} | ".format(row["setting"], lab, ep) +
                              " | ".join(_ms(row[m][metric]) for m in methods) + " |")
             lines.append("")
+        mods = list(data[d][0].modalities)
+        qs = [runs.get("quality|{}|cosmo|{}".format(d, sd), {}).get("q") for sd in a.seeds]
+        qs = [q for q in qs if q]
+        if qs:
+            qa = np.asarray(qs, float)
+            lines += ["Stage-1 quality scores q per modality (Hopkins statistic of the encoder features; mean ± std "
+                      "over seeds): " + ", ".join("{} {:.3f} ± {:.3f}".format(m, qa[:, j].mean(), qa[:, j].std())
+                                                 for j, m in enumerate(mods)), ""]
+        best = OrderedDict()  # per setting: Cosmo - best baseline, paired by seed
+        for row in rows:
+            means = {m: np.mean(row[m]["accuracy"]) for m in methods if row[m]["accuracy"] and m != "Cosmo"}
+            if means and row["Cosmo"]["accuracy"]:
+                b = max(means, key=lambda m: means[m])
+                if len(row[b]["accuracy"]) == len(row["Cosmo"]["accuracy"]) > 1:
+                    best[row["setting"]] = (b, paired(row[b]["accuracy"], row["Cosmo"]["accuracy"]))
+        if best:
+            lines += ["Cosmo − the best baseline, paired by seed (points, 95 % CI): " + "; ".join(
+                "{} vs {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, b, 100 * p["mean"], 100 * p["ci_low"],
+                                                            100 * p["ci_high"]) for k, (b, p) in best.items()), ""]
     ratio_table = []  # type: List[Dict[str, Any]]
     if do_ratio:
         for ratio in a.ratios:

@@ -28,8 +28,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.report import write_report
-from benchmarks.sensor_loss import paired
+from benchmarks.report import paired, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
@@ -56,7 +55,7 @@ def train(method: str, a: Any, prep: Any, seed: int, q: List[float], path: str) 
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu", weights_only=False)
     lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
-    cfg = Stage2Config(seed=seed, epochs=a.epochs, device="cpu")
+    cfg = Stage2Config(seed=seed, epochs=a.epochs, device="cpu", **(a.stage2 or {}))
     if method == "cosmo":
         res = finetune(load_encoder_bundle(os.path.join(a.model, "encoders.pt")), lab, val, cfg, quality=q,
                        progress=False)
@@ -90,7 +89,7 @@ def run(a: Any) -> Dict[str, Any]:
     from shared.manifest import read_manifest
     man = read_manifest(a.model)
     q = list((man.get("quality") or {}).get("q") or [1.0] * len(man["input_schema"]))
-    ds = load_named("hapt")
+    ds = load_named(a.dataset)
     os.makedirs(a.work, exist_ok=True)
     methods = ["cosmo", a.baseline]
     rows = {}  # type: Dict[str, Dict[str, Any]]
@@ -112,7 +111,8 @@ def run(a: Any) -> Dict[str, Any]:
                 json.dump(r, f)
             rows["{}/{}".format(m, seed)] = r
             print("{} seed {}: trained and scored in {:.0f} s".format(m, seed, time.time() - t0), flush=True)
-    return {"rows": rows, "methods": methods, "grid": GRID, "seeds": a.seeds, "label_rate": a.label_rate}
+    return {"rows": rows, "methods": methods, "grid": GRID, "seeds": a.seeds, "label_rate": a.label_rate,
+            "dataset": a.dataset}
 
 
 def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
@@ -148,8 +148,8 @@ def _ms(v: List[float]) -> Dict[str, float]:
 
 def markdown(r: Dict[str, Any]) -> str:
     s = r["summary"]
-    lines = ["# On-device personalization (HAPT, {:g} % labels, {} seeds paired)".format(100 * r["label_rate"],
-                                                                                       len(r["seeds"])), "",
+    lines = ["# On-device personalization ({}, {:g} % labels, {} seeds paired)".format(
+                 r.get("dataset", "hapt"), 100 * r["label_rate"], len(r["seeds"])), "",
              "`{}`, {}. Adapt on the first half of each subject's windows (time order, labels unseen), score the "
              "second half; settings chosen on the {} validation subjects (pooled over seeds), applied unchanged to "
              "the test subjects.".format(r["command"], r["date"], r["val_subjects"]), "",
@@ -210,13 +210,16 @@ def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEMO_MODEL, help="a pulled version with encoders.pt (default: the demo's)")
     ap.add_argument("--baseline", default="cmc", help="the baseline personalized the same way (default cmc)")
+    ap.add_argument("--dataset", default="hapt", help="the dataset --model was pretrained on (split seed 0)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--label-rate", type=float, default=0.01)
     ap.add_argument("--epochs", type=int, default=100, help="stage-2 epochs, every method")
     ap.add_argument("--pretrain-epochs", type=int, default=10, help="the baseline's pretraining epochs (CMC, CPC)")
     ap.add_argument("--work", default=os.path.join(ROOT, "results", "personalize"), help="cached models and scores")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "personalize"))
+    ap.add_argument("--stage2-json", default="{}", help="more Stage2Config fields for every method, as JSON")
     a = ap.parse_args(argv)
+    a.stage2 = json.loads(a.stage2_json)
     if not os.path.isfile(os.path.join(a.model, "encoders.pt")):
         print("personalize: --model {}: no encoders.pt; run `bash scripts/demo.sh` first or pass --model".format(
             a.model), file=sys.stderr)

@@ -22,20 +22,12 @@ from typing import Any, Dict, List
 import numpy as np
 
 
-from benchmarks.report import write_report
+from benchmarks.report import paired, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
 DEMO_LABELS = os.path.join(ROOT, "runs", "demo", "edge", "labels")
 CONFIGS = {"cosmo": {}, "cosmo_robust": {"modality_dropout": 0.3, "selection": "subsets"}}
-
-
-def paired(a: List[float], b: List[float]) -> Dict[str, float]:
-    """Mean of b - a and its 95 % confidence interval over paired seeds (t distribution)."""
-    from scipy import stats
-    d = np.asarray(b) - np.asarray(a)
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"mean": float(d.mean()), "ci_low": float(d.mean() - half), "ci_high": float(d.mean() + half)}
 
 
 def run(model: str, labels: str, seeds: List[int], epochs: int) -> Dict[str, Any]:

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from benchmarks.report import paired
+
 from shared.files import write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,11 +91,13 @@ def headline_accuracy(acc: Dict[str, Any], dataset: str = "hapt") -> List[Dict[s
         if "Cosmo" not in means or len(means) < 2:
             continue
         best = max((m for m in means if m != "Cosmo"), key=lambda m: means[m])
+        a, b = row[best]["accuracy"], row["Cosmo"]["accuracy"]  # per seed, in seed order
+        diff = paired(a, b) if len(a) == len(b) and len(a) > 1 else None
         out.append(OrderedDict([
             ("setting", row["setting"]), ("cosmo", means["Cosmo"]), ("cosmo_std", float(np.std(row["Cosmo"]["accuracy"]))),
             ("best_baseline", best), ("best_baseline_accuracy", means[best]),
             ("best_baseline_std", float(np.std(row[best]["accuracy"]))), ("margin", means["Cosmo"] - means[best]),
-            ("seeds", len(row["Cosmo"]["accuracy"]))]))
+            ("seeds", len(row["Cosmo"]["accuracy"])), ("margin_paired", diff)]))
     return out
 
 
@@ -136,12 +140,16 @@ def report(root: str, acc: Optional[Dict[str, Any]], stages: Optional[Dict[str, 
                  dev.get("cuda_device") or "absent", dev.get("jetson_l4t", "?"), seconds), ""]
     if head:
         lines += ["## Cosmo against the best baseline (UCI HAPT, test accuracy %, mean ± std over seeds)", "",
-                  "| labels | Cosmo | best baseline | its accuracy | Cosmo − best (points) | seeds |",
-                  "|---|---|---|---|---|---|"]
+                  "| labels | Cosmo | best baseline | its accuracy | Cosmo − best (points) | paired by seed, 95 % CI "
+                  "| seeds |", "|---|---|---|---|---|---|---|"]
         for h in head:
-            lines.append("| {} | {} ± {} | {} | {} ± {} | {:+.1f} | {} |".format(
+            d = h.get("margin_paired")
+            lines.append("| {} | {} ± {} | {} | {} ± {} | {:+.1f} | {} | {} |".format(
                 h["setting"], _pct(h["cosmo"]), _pct(h["cosmo_std"]), h["best_baseline"],
-                _pct(h["best_baseline_accuracy"]), _pct(h["best_baseline_std"]), 100 * h["margin"], h["seeds"]))
+                _pct(h["best_baseline_accuracy"]), _pct(h["best_baseline_std"]), 100 * h["margin"],
+                "[{:+.1f}, {:+.1f}]".format(100 * d["ci_low"], 100 * d["ci_high"]) if d else "n/a", h["seeds"]))
+        lines += ["", "A claim of \"better\" needs the interval above zero; the interval is a t interval over "
+                  "the per-seed differences (same labels, same split for both methods).", ""]
         lines.append("")
     if ratios:
         lines += ["## Stage-2 time, Cosmo divided by the baselines (paper, Jetson TX2: 0.68 vs DeepSense, "
