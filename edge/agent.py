@@ -212,17 +212,22 @@ class Agent(object):
         return rt
 
     def load_serving(self) -> Optional[Runtime]:
-        """Serve what state.json names (after a restart); None when nothing is installed yet."""
-        st = self.state()
-        s = st.get("serving")
-        if not s:
-            return None
-        cur = self.holder.get()
-        if cur is not None and int(cur.version) == int(s["version"]) and cur.name == s["name"] and \
-                os.path.abspath(cur.model_dir) == os.path.abspath(s["path"]):  # a personalized copy is another
-            return cur
+        """Serve what state.json names (after a restart, a rollback, a personalization in another process);
+        None when nothing is installed yet. The state is read and the runtime swapped under the agent's lock,
+        and a state that changed while the model loaded is left to the next call, so this never undoes a
+        concurrent ``swap_to``."""
+        with self._lock:
+            s = self.state().get("serving")
+            if not s:
+                return None
+            cur = self.holder.get()
+            if cur is not None and _names(cur, s):
+                return cur
         rt = self._load(s["path"])
-        self.holder.swap(rt)
+        with self._lock:
+            if self.state().get("serving") != s:
+                return self.holder.get()
+            self.holder.swap(rt)
         log.info("serving %s v%s on %s (from %s)", rt.name, rt.version, rt.provider, STATE)
         return rt
 
@@ -383,6 +388,13 @@ class Agent(object):
                 self.load_serving()
             except (CosmoError, OSError, ValueError) as e:
                 log.error("state.json names a model that cannot be served: %s", e)
+
+
+def _names(rt: Runtime, serving: Dict[str, Any]) -> bool:
+    """Whether ``rt`` is the model ``serving`` (a state.json entry) names; a personalized copy of a version
+    is another model than the version itself."""
+    return (rt.name, int(rt.version), os.path.abspath(rt.model_dir)) == (
+        serving["name"], int(serving["version"]), os.path.abspath(serving["path"]))
 
 
 def _cancel_on(stop: threading.Event, call: Any) -> None:
