@@ -123,39 +123,46 @@ def _chunks(stub: Any, req: Any, timeout_s: Optional[float]) -> Iterator[Tuple[i
 
 
 class _Sink(object):
-    """Appends received chunks to a file and hashes them on a worker thread, so the network stream never
-    waits for the disk or sha256 (both release the GIL); at most ``depth`` chunks wait in between.
-    ``close`` drains, flushes and fsyncs, and re-raises the worker's error (a full disk, say)."""
+    """Appends received chunks to a file and hashes them, on two worker threads (one writes, one hashes;
+    both release the GIL), so the network stream never waits for the disk or sha256 and the two overlap
+    each other; at most ``depth`` chunks wait for each. ``close`` drains both, flushes and fsyncs, and
+    re-raises a worker's error (a full disk, say)."""
 
     def __init__(self, path: str, h: Any, depth: int = 8) -> None:
         self.f = open(path, "ab")
-        self.h = h
-        self.q = queue.Queue(maxsize=depth)  # type: queue.Queue
         self.error = None  # type: Optional[BaseException]
-        self.thread = threading.Thread(target=self._run, name="download-sink", daemon=True)
-        self.thread.start()
+        self.queues = []  # type: List[queue.Queue]
+        self.threads = []  # type: List[threading.Thread]
+        for name, fn in (("download-write", self.f.write), ("download-hash", h.update)):
+            q = queue.Queue(maxsize=depth)  # type: queue.Queue
+            t = threading.Thread(target=self._run, args=(q, fn), name=name, daemon=True)
+            t.start()
+            self.queues.append(q)
+            self.threads.append(t)
 
-    def _run(self) -> None:
+    def _run(self, q: "queue.Queue", fn: Callable[[Any], Any]) -> None:
         while True:
-            data = self.q.get()
+            data = q.get()
             if data is None:
                 return
             if self.error is not None:
                 continue  # keep draining so put() never blocks forever
             try:
-                self.f.write(data)
-                self.h.update(data)
+                fn(data)
             except BaseException as e:  # reported by put()/close() on the receiving thread
                 self.error = e
 
     def put(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put(data)
+        for q in self.queues:
+            q.put(data)
 
     def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
+        for q in self.queues:
+            q.put(None)
+        for t in self.threads:
+            t.join()
         try:
             if self.error is None:
                 self.f.flush()

@@ -378,3 +378,26 @@ def test_stop_while_registry_work_runs_never_crashes():
     p = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STOP_DURING_PRUNE], capture_output=True,
                        text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), (p.returncode, p.stderr[-2000:])
+
+
+def test_download_sink_reports_a_full_disk_and_hashes_what_it_wrote(tmp_path):
+    """The client's sink writes and hashes on two threads: a write error (here ENOSPC from /dev/full)
+    reaches the receiving thread, and on a good file the digest is the data's."""
+    import errno
+    import hashlib
+
+    from shared.client import _Sink
+    if os.path.exists("/dev/full"):
+        sink = _Sink("/dev/full", hashlib.sha256(), depth=2)
+        with pytest.raises(OSError) as e:
+            for _ in range(64):
+                sink.put(b"x" * (1 << 20))
+            sink.close()
+        assert e.value.errno == errno.ENOSPC
+    data = [os.urandom(1 << 16) for _ in range(20)]
+    h = hashlib.sha256()
+    sink = _Sink(str(tmp_path / "f"), h)
+    for d in data:
+        sink.put(memoryview(d))
+    sink.close()
+    assert (tmp_path / "f").read_bytes() == b"".join(data) and h.hexdigest() == hashlib.sha256(b"".join(data)).hexdigest()
