@@ -52,21 +52,6 @@ def encoder_spec(enc: nn.Module) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-class MaxPool2(nn.Module):
-    """``nn.MaxPool1d(2)`` over ``[B, C, T]`` as a reshape to pairs and a max over each pair: the same
-    values (and gradients, but for exact ties, where the gradient is split between the two), without the
-    index tensor ``max_pool1d`` builds. On CPU that index bookkeeping cost stage 1 more than the
-    convolutions around it (``python -m benchmarks.pooling``). An ONNX export still writes ``MaxPool``
-    (the operator every runtime and TensorRT build knows); its state dict is empty like ``MaxPool1d``'s,
-    so checkpoints of either load into the other."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            return nn.functional.max_pool1d(x, 2)
-        n = x.shape[-1] // 2
-        return x[..., :2 * n].reshape(x.shape[0], x.shape[1], n, 2).amax(-1)
-
-
 @dataclass(frozen=True)
 class Conv1dEncoderConfig:
     """1-D conv encoder for inertial windows ``[B, T, C]`` (any channel count).
@@ -95,7 +80,7 @@ class Conv1dEncoder(nn.Module):
             layers += [nn.Conv1d(c_in, w, config.kernel, padding=config.kernel // 2, bias=False),
                        nn.BatchNorm1d(w), nn.ReLU(inplace=True)]
             if i < len(config.widths) - 1 and t // 2 >= config.out_steps:
-                layers.append(MaxPool2())
+                layers.append(nn.MaxPool1d(2))
                 t //= 2
             c_in = w
         layers.append(nn.Dropout(config.dropout))

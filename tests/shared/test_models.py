@@ -121,26 +121,3 @@ def test_cosmo_model_mixed_modalities_export(tmp_path):
         np.testing.assert_allclose(got[0], logits.detach().numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(got[1], beta.detach().numpy(), rtol=1e-4, atol=1e-6)
 
-
-def test_maxpool2_is_maxpool1d_and_exports_as_maxpool(tmp_path):
-    """Stage 1's cheaper pooling gives MaxPool1d's values and gradients (odd lengths drop the last step the
-    same way), and an ONNX export still holds the standard MaxPool operator."""
-    import onnx
-    from torch import nn
-
-    from shared.models.encoders import MaxPool2
-    torch.manual_seed(0)
-    for t in (16, 17):
-        x = torch.randn(3, 4, t, requires_grad=True)
-        y = torch.randn(3, 4, t // 2)
-        a, b = MaxPool2()(x), nn.MaxPool1d(2)(x)
-        assert torch.equal(a, b)
-        ga, = torch.autograd.grad((a * y).sum(), x)
-        gb, = torch.autograd.grad((b * y).sum(), x)
-        assert torch.equal(ga, gb)  # no exact ties in random data
-    enc = build_encoder("conv1d", **EXAMPLES["conv1d"]).eval()
-    assert any(isinstance(m, MaxPool2) for m in enc.modules())
-    path = str(tmp_path / "enc.onnx")
-    export_onnx(enc, [_input("conv1d", EXAMPLES["conv1d"], 2)], path, input_names=["x"], output_names=["h"])
-    ops = {n.op_type for n in onnx.load(path).graph.node}
-    assert "MaxPool" in ops and "ReduceMax" not in ops
