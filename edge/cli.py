@@ -206,6 +206,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         print("no model serving")
     else:
         print("serving {} v{} with {} ({})".format(rt.name, rt.version, rt.provider, rt.fallback))
+        if os.sep + "personalized" + os.sep in (st.get("serving") or {}).get("path", ""):
+            print("  personalized for this device's user: {} (`edge-agent rollback` returns to the fine-tuned "
+                  "model)".format(st["serving"]["path"]))
     al = st.get("aligned")
     if al:
         from .agent import INDEX
@@ -235,8 +238,9 @@ def cmd_personalize(a: argparse.Namespace) -> int:
     if not res["adapted"]:
         print("not personalized ({}); the model serving is unchanged".format(res["reason"]))
         return 0
-    print("personalized on {} windows of this device's user (top-class confidence {:.3f} -> {:.3f}); validation "
-          "accuracy {:.4f} (ONNX {:.4f}); now serving {}; a running agent picks it up within a second".format(
+    print("personalized on {} windows of this device's user (top-class confidence {:.3f} -> {:.3f}); accuracy on "
+          "--labels val.npz (other people's windows) {:.4f}, ONNX {:.4f}; now serving {}; a running agent picks it up "
+          "within a second".format(
               res["windows"], res["confidence_before"], res["confidence_after"], res["val_accuracy"],
               res["onnx_val_accuracy"], res["folder"]))
     return 0
