@@ -22,10 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cloud.server import CloudServer
 from edge.holders import ModelHolder
 from edge.runtime import Runtime
-from edge.service import serve_inference
+from edge.service import EdgeLimits, EdgeServer
 from shared import rpc
 from shared.client import connect
 from shared.rpc import ModelRegistryStub, TrainingStub, pb
+from tests.util import scrape
 
 pytest.importorskip("onnxruntime")
 SEED = int(os.environ.get("COSMO_FUZZ_SEED", "20261202"))  # other seeds: COSMO_FUZZ_SEED=N
@@ -191,7 +192,8 @@ def _registry_snapshot(srv):
 def test_fuzz_both_daemons(tmp_path, caplog):
     from tests.edge.test_runtime import build_model_dir
     rng = random.Random(SEED)
-    srv = CloudServer(str(tmp_path / "cloud"), "127.0.0.1:0", token=TOKEN, datasets_dir=str(tmp_path))
+    srv = CloudServer(str(tmp_path / "cloud"), "127.0.0.1:0", token=TOKEN, datasets_dir=str(tmp_path),
+                      metrics_listen="127.0.0.1:0")
     cport = srv.start()
     blob = tmp_path / "w.bin"
     blob.write_bytes(os.urandom(200000))
@@ -199,8 +201,9 @@ def test_fuzz_both_daemons(tmp_path, caplog):
                          {"format": "cosmo-har/manifest", "input_schema": {}, "classes": ["a"]}, aliases=("latest",))
     before = _registry_snapshot(srv)
     built = build_model_dir(str(tmp_path / "edge"), version=3, seed=0)
-    edge, eport = serve_inference(ModelHolder(Runtime.load(built["dir"])), "127.0.0.1:0", token=TOKEN,
-                                  max_batch=64)
+    edge = EdgeServer(ModelHolder(Runtime.load(built["dir"])), "127.0.0.1:0", limits=EdgeLimits(max_batch=64),
+                      token=TOKEN, metrics_listen="127.0.0.1:0")
+    eport = edge.start()
     ctarget, etarget = "127.0.0.1:{}".format(cport), "127.0.0.1:{}".format(eport)
     authed = {t: connect(t, token=TOKEN) for t in (ctarget, etarget)}
     anon = {t: grpc.insecure_channel(t) for t in (ctarget, etarget)}
@@ -235,6 +238,13 @@ def test_fuzz_both_daemons(tmp_path, caplog):
                         health_pb2.HealthCheckResponse.SERVING, "health of {} after batch {}".format(t, batch)
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("cloud", "edge"))]
         assert not errors, [r.getMessage()[:300] for r in errors[:5]]
+        # the metrics survived it, and hostile method names did not grow their label set
+        for port, served in ((srv.metrics_port, ("cosmo.v1.ModelRegistry", "cosmo.v1.Training")),
+                             (edge.metrics_port, ("cosmo.v1.Inference",))):
+            m = scrape(port)
+            services = {dict(k[1])["grpc_service"] for k in m if k[0] == "grpc_server_handled_total"}
+            assert services <= set(served) | {"grpc.health.v1.Health"}, services
+            assert sum(v for k, v in m.items() if k[0] == "grpc_server_handled_total") > 100
     finally:
         edge.stop(None)
         after = _registry_snapshot(srv)
