@@ -17,5 +17,7 @@ def test_sensor_loss_benchmark_small(tmp_path):
     for case in r["table"].values():
         assert len(case["cosmo"]["per_seed"]) == 2 and case["robust_minus_cosmo"]["ci_low"] <= \
             case["robust_minus_cosmo"]["mean"] <= case["robust_minus_cosmo"]["ci_high"]
+    assert r["table"]["without_b"]["single_modal"]["modality"] == "a" and len(r["single_modal"]["a"]) == 2
+    assert "SingleModal of the sensor left" in (rep / "sensor_loss.md").read_text()
     assert "robust − cosmo" in (rep / "sensor_loss.md").read_text() and (rep / "sensor_loss.png").stat().st_size > 0
     assert bench.main(["--model", str(out), "--labels", str(out / "edge_data"), "--seeds", "0"]) == 2
