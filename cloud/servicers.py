@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from shared.errors import CosmoError, clip
-from shared.rpc import pb
+from shared.rpc import pb, refusal_log_level
 from shared.rpc.chunks import encode_chunk
 
 from . import serde
@@ -36,8 +36,6 @@ from .jobs import Busy, JobRunner
 from .registry import MAX_CHUNK_SIZE, TERMINAL_STATES, Chunks, Registry, Subscription, check_report
 
 log = logging.getLogger(__name__)
-# refusals that are states, not mistakes (busy; no model yet; not published yet): INFO, not WARNING
-_QUIET = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 WATCH_QUEUE = 256  # events waiting per watcher before the oldest is dropped
 MAX_LIST = 1000  # jobs one ListJobs, reports one ListReports answers
 
@@ -72,7 +70,7 @@ def rpc(kind: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Aw
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("internal error in %s", fn.__name__)
                 else:  # a client's mistake: one line, escaped (a client string cannot forge a log line)
-                    log.log(logging.INFO if code in _QUIET else logging.WARNING,
+                    log.log(refusal_log_level(code),
                             "%s from %s: %s %s", fn.__name__, context.peer(), code.name, clip(details, 300))
                 try:
                     await abort(context, code, details)

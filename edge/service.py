@@ -40,13 +40,11 @@ from edge.wire import TooLarge, Windower, decode_windows, prediction_response
 from shared import rpc
 from shared.config import not_positive
 from shared.errors import CosmoError, clip, status_details
-from shared.rpc import pb
+from shared.rpc import pb, refusal_log_level
 from shared.rpc.auth import TokenAuth
 from shared.rpc.runtime import Malformed
 
 log = logging.getLogger(__name__)
-# refusals that are states, not mistakes (busy; no model yet; not published yet): INFO, not WARNING
-_QUIET = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 SERVICE = "cosmo.v1.Inference"
 HEALTH = "grpc.health.v1.Health"
 DEFAULT_LISTEN = "127.0.0.1:0"
@@ -132,7 +130,7 @@ class InferenceServicer(object):
         if code == grpc.StatusCode.INTERNAL:
             log.error("%s failed", method, exc_info=(type(e), e, e.__traceback__))
         else:  # a client's mistake: one line, the client's strings escaped
-            log.log(logging.INFO if code in _QUIET else logging.WARNING,
+            log.log(refusal_log_level(code),
                     "%s from %s: %s %s", method, context.peer(), code.name, clip(details, 300))
         await context.abort(code, status_details(details))
 

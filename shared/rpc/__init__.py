@@ -16,6 +16,7 @@ message classes, stubs and handlers from it on first use. Names mirror grpc's ge
 Any service in the set works through the generic helpers, whatever its streaming kinds:
 ``Stub(channel, "cosmo.v1.Inference")``, ``add_servicer_to_server("Inference", servicer, server)``.
 """
+import logging
 from typing import Any
 
 import grpc
@@ -37,7 +38,19 @@ from shared.rpc.runtime import (
     stub_factory,
 )
 
+def refusal_log_level(code: grpc.StatusCode) -> int:
+    """How loud both daemons log a call they refused with ``code`` (one line each): a busy refusal at DEBUG
+    (under overload there is one per call; ``grpc_server_handled_total`` counts them), states that are not
+    mistakes (no model yet, not published yet) at INFO, a client's mistake at WARNING."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return logging.DEBUG
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+        return logging.INFO
+    return logging.WARNING
+
+
 __all__ = [
+    "refusal_log_level",
     "SERVICE_NAMES", "Contract", "Method", "contract", "Stub", "add_health", "add_servicer_to_server", "descriptor_pool",
     "enable_reflection", "message_class", "method_handlers", "methods", "pb", "stub_factory",
     "ModelRegistryStub", "TrainingStub", "add_ModelRegistryServicer_to_server", "add_TrainingServicer_to_server",

@@ -524,3 +524,17 @@ def test_chunk_wire_form_matches_protobuf(fields):
         decode_chunk(wire + b"\x12\x05ab")  # a field running past the end
     extra = wire + b"\x28\x07" + b"\x32\x02hi"  # unknown fields 5 (varint) and 6 (bytes) are skipped
     assert decode_chunk(extra)[2] == size
+
+
+def test_refusal_log_levels():
+    """Both daemons log a refusal by what it is: busy (one per call under overload, counted by the metrics)
+    at DEBUG, a state at INFO, a client's mistake at WARNING."""
+    import logging
+
+    import grpc
+
+    from shared.rpc import refusal_log_level
+    assert refusal_log_level(grpc.StatusCode.RESOURCE_EXHAUSTED) == logging.DEBUG
+    assert refusal_log_level(grpc.StatusCode.NOT_FOUND) == refusal_log_level(grpc.StatusCode.FAILED_PRECONDITION) \
+        == logging.INFO
+    assert refusal_log_level(grpc.StatusCode.INVALID_ARGUMENT) == logging.WARNING
