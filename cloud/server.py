@@ -163,6 +163,7 @@ class CloudServer:
             if self.metrics is not None:  # a scrape in progress reads the registry: it ends first
                 self.metrics.stop()
                 self._gauges.close()
+                self._stats_pool.shutdown(wait=True)
             self.registry.close()
             log.info("cloud-server stopped")
 
@@ -183,12 +184,16 @@ class CloudServer:
         from shared.rpc.metrics import Gauges, MetricsServer, RpcMetrics, daemon_registry
         reg = daemon_registry("cloud-server")
         interceptor = RpcMetrics(reg)
+        # one thread reads the registry for every scrape: each scrape runs on a new HTTP thread, and a
+        # registry connection is per thread (kept until close), so reading there would add one per scrape
+        self._stats_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-metrics")
         self._gauges = Gauges(self._gauge_rows, reg)
         self.metrics = MetricsServer(reg, self.metrics_listen)
         return interceptor
 
     def _gauge_rows(self) -> list[tuple[str, str, tuple[str, ...], list[tuple[tuple[str, ...], float]]]]:
-        adm, lim, st = self.admission, self.limits, self.registry.stats()
+        adm, lim = self.admission, self.limits
+        st = self._stats_pool.submit(self.registry.stats).result(timeout=30)
         return [
             ("cosmo_cloud_open", "Calls and streams open now, by kind (--max-rpcs, --max-streams, --max-watchers, "
              "--max-downloads).", ("kind",), [(("rpcs",), adm.rpcs), (("streams",), adm.streams),

@@ -113,3 +113,14 @@ def test_bad_and_busy_metrics_address(tmp_path):
     with pytest.raises(CosmoError, match="--metrics-listen .*cannot bind"):
         srv.start()
     taken.close()
+
+
+def test_scrapes_do_not_grow_registry_connections(daemon):
+    """Every scrape runs on a new HTTP thread; the registry is read on one fixed thread, so a day of scrapes
+    does not leave a database connection per scrape."""
+    srv, _ = daemon
+    scrape(srv.metrics_port)
+    before = len(srv.registry._conns)
+    for _ in range(20):
+        assert sample(scrape(srv.metrics_port), "cosmo_cloud_registry_versions") == 0
+    assert len(srv.registry._conns) == before
