@@ -39,13 +39,12 @@ from shared.rpc.runtime import (
 )
 
 def refusal_log_level(code: grpc.StatusCode) -> int:
-    """How loud both daemons log a call they refused with ``code`` (one line each): a busy refusal at DEBUG
-    (under overload there is one per call; ``grpc_server_handled_total`` counts them), states that are not
-    mistakes (no model yet, not published yet) at INFO, a client's mistake at WARNING."""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    """How loud both daemons log a call they refused with ``code`` (one line each). States that are not
+    mistakes (busy; no model yet; not published yet) at DEBUG: a client polling or a fleet under load makes
+    one per call, daemons log INFO by default, and ``grpc_server_handled_total{grpc_code}`` counts them. A
+    client's mistake at WARNING."""
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
         return logging.DEBUG
-    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-        return logging.INFO
     return logging.WARNING
 
 
