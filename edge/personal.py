@@ -49,9 +49,10 @@ class UserWindows(object):
         self._windows: Deque[Dict[str, np.ndarray]] = deque(maxlen=self.capacity)
         self._shapes: Optional[Tuple[Tuple[str, Tuple[int, ...]], ...]] = None
         self._unsaved = 0
-        self.added = 0  # windows added since this object was created
-        for w in _read(self.path)[-self.capacity:]:
-            self._append(w)
+        stored = _read(self.path)
+        n = len(next(iter(stored.values()))) if stored else 0
+        for i in range(max(0, n - self.capacity), n):
+            self._append({m: a[i] for m, a in stored.items()})
 
     def __len__(self) -> int:
         with self._lock:
@@ -74,7 +75,6 @@ class UserWindows(object):
         w = {m: np.array(a, np.float32).reshape(a.shape[-2:]) for m, a in window.items()}
         with self._lock:
             self._append(w)
-            self.added += 1
             self._unsaved += 1
             due = self._unsaved >= self.flush_every
         if due:
@@ -90,11 +90,11 @@ class UserWindows(object):
 
     def flush(self) -> None:
         """Write the store to disk (atomically, owner-only) if anything changed."""
-        arrays = self.arrays()
         with self._lock:
             if not self._unsaved:
                 return
             self._unsaved = 0
+        arrays = self.arrays()
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,38 +105,36 @@ class UserWindows(object):
         os.replace(tmp, self.path)
 
 
-def _read(path: str) -> list:
-    """The windows stored at ``path`` (a missing or unreadable file: none, and said so)."""
+def _read(path: str) -> Dict[str, np.ndarray]:
+    """The windows stored at ``path`` as ``modality -> [N, T, C]`` float32, oldest first (a missing or
+    unreadable file: none, and said so)."""
     if not os.path.isfile(path):
-        return []
+        return {}
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {m: z[m] for m in z.files}
-        n = {len(a) for a in arrays.values()}
-        if len(n) != 1:
+            arrays = {m: z[m].astype(np.float32) for m in z.files}
+        if len({len(a) for a in arrays.values()}) != 1:
             raise ValueError("modalities hold different numbers of windows")
-        return [{m: a[i].astype(np.float32) for m, a in arrays.items()} for i in range(n.pop())]
+        return arrays
     except (OSError, ValueError, KeyError) as e:
         log.warning("personal windows: %s unreadable (%s); starting empty", path, e)
-        return []
+        return {}
 
 
 def read_user_windows(state_dir: str) -> Dict[str, np.ndarray]:
     """``modality -> [N, T, C]`` raw windows stored under ``state_dir`` (``DataError`` when there are none)."""
     path = os.path.join(state_dir, PERSONAL_DIR, WINDOWS_FILE)
-    ws = _read(path)
-    if not ws:
+    arrays = _read(path)
+    if not arrays or not len(next(iter(arrays.values()))):
         raise DataError("{}: no stored windows (serve with --personal-windows N to keep the windows "
                         "StreamPredict forms)".format(path))
-    return {m: np.stack([w[m] for w in ws]) for m in ws[0]}
+    return arrays
 
 
 def base_folder(serving_path: str) -> str:
     """The fine-tuned folder behind ``serving_path`` (itself, unless it is a personalized one)."""
-    import json
-    with open(os.path.join(serving_path, MANIFEST)) as f:
-        man = json.load(f)
-    return (man.get("personalization") or {}).get("base") or serving_path
+    from shared.manifest import read_manifest
+    return (read_manifest(serving_path).get("personalization") or {}).get("base") or serving_path
 
 
 def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
@@ -144,6 +142,7 @@ def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]
     given instead), export, verify and swap in (see the module docstring). Returns ``{"adapted", "reason",
     "folder", "windows", "val_accuracy", "onnx_val_accuracy", ...}``; the serving model is untouched unless
     ``adapted``."""
+    from shared.config import config_dict
     from shared.data.dataset import make_dataset
     from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
     from shared.models.finetuned import load_finetuned
@@ -194,7 +193,6 @@ def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]
     save_torch_atomic(dict(ck, state_dict=adapted.state_dict()), os.path.join(partial, FINETUNED))
     shutil.copyfile(os.path.join(base, ENCODERS), os.path.join(partial, ENCODERS))
     entry = export_finetuned(adapted, man, partial)
-    from shared.config import config_dict
     info = {"base": base, "config": config_dict(config), "windows": n, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime()),
             "confidence_before": out["confidence_before"], "confidence_after": out["confidence_after"]}
