@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.errors import CosmoError
 from shared.files import write_text
+from shared.flags import host_port
 from shared.rpc import add_ModelRegistryServicer_to_server, add_TrainingServicer_to_server, enable_reflection
 from shared.rpc.auth import TokenAuth
 
@@ -41,11 +42,8 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 def check_listen(listen: str) -> str:
     """``host:port`` (port 0..65535; 0: any free port), ``[v6]:port`` or ``unix:/path``; else ``CosmoError``
     naming ``--listen``."""
-    if listen.startswith(("unix:", "unix-abstract:")):
-        return listen
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CosmoError("--listen {!r}: expected host:port with a port in 0..65535 (or unix:/path)".format(listen))
+    if not listen.startswith(("unix:", "unix-abstract:")):
+        host_port(listen, "--listen", " (or unix:/path)")
     return listen
 
 

@@ -2,7 +2,7 @@
 default and type taken from the dataclass, so a limit has one definition and one documented default),
 number types whose errors name the flag, ``--version`` and ``-v`` after the subcommand."""
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 
 def add_field_flags(parser: argparse.ArgumentParser, defaults: Any, helps: Dict[str, str]) -> None:
@@ -33,16 +33,28 @@ def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
                         "loopback or a network only the scraper reaches")
 
 
+def host_port(text: str, flag: str, alternatives: str = "") -> Tuple[str, int]:
+    """``(host, port)`` of a ``host:port`` or ``[v6]:port`` flag value (port 0..65535; 0: any free port);
+    otherwise a ``CosmoError`` naming ``flag`` (``alternatives``: other forms the flag takes, for the
+    message)."""
+    from .errors import CosmoError
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CosmoError("{} {!r}: expected host:port with a port in 0..65535{}".format(flag, text, alternatives))
+    return host, int(port)
+
+
 def check_metrics_flag(value: Any) -> None:
     """A bad ``--metrics-listen`` (or no ``prometheus_client``) as one ``CosmoError`` before anything starts."""
     if value is None:
         return
     from .errors import CosmoError
     try:
-        from .rpc.metrics import parse_metrics_listen
+        import prometheus_client  # noqa: F401
     except ImportError as e:
         raise CosmoError("--metrics-listen needs the prometheus-client package ({})".format(e)) from None
-    parse_metrics_listen(value)
+    host_port(value, "--metrics-listen")
 
 
 def finish_cli(parser: argparse.ArgumentParser, prog: str) -> None:
@@ -108,5 +120,6 @@ def fraction(text: str) -> float:
     return v
 
 
-__all__ = ["add_config_flags", "add_field_flags", "add_metrics_flag", "check_metrics_flag", "finish_cli", "fraction", "positive",
+__all__ = ["add_config_flags", "add_field_flags", "add_metrics_flag", "check_metrics_flag", "finish_cli", "fraction", "host_port",
+           "positive",
            "setup_logging"]

@@ -20,7 +20,6 @@ are added by the apps with ``Gauge``/``Histogram`` or a collector on the same re
 """
 import asyncio
 import inspect
-import ipaddress
 import logging
 import socketserver
 import threading
@@ -35,6 +34,8 @@ from prometheus_client.exposition import MetricsHandler
 
 from .. import __version__
 from ..errors import CosmoError
+from ..flags import host_port
+from .auth import is_loopback
 
 log = logging.getLogger(__name__)
 # seconds: sub-millisecond health checks up to hour-long watch streams
@@ -186,25 +187,6 @@ class Gauges(object):
             self._closed = True
 
 
-def parse_metrics_listen(text: str) -> Tuple[str, int]:
-    """``host:port`` (``[v6]:port``; port 0: any free port) of ``--metrics-listen``; ``CosmoError`` naming
-    the flag otherwise (no unix sockets: Prometheus scrapes over TCP)."""
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CosmoError("--metrics-listen {!r}: expected host:port with a port in 0..65535".format(text))
-    return host, int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -237,7 +219,7 @@ class MetricsServer(object):
 
     def __init__(self, registry: CollectorRegistry, listen: str) -> None:
         import socket
-        host, port = parse_metrics_listen(listen)
+        host, port = host_port(listen, "--metrics-listen")
         handler = MetricsHandler.factory(registry)
         handler.timeout = SCRAPE_TIMEOUT_S  # socket timeout: a client that sends nothing is dropped
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -246,7 +228,7 @@ class MetricsServer(object):
         except OSError as e:
             raise CosmoError("--metrics-listen {}: cannot bind ({})".format(listen, e.strerror or e)) from None
         self.listen = listen
-        if not _is_loopback(host):
+        if not is_loopback(listen):
             log.warning("metrics on %s are readable by anyone who can reach it (no token, no TLS): bind it to "
                         "loopback or a network only the scraper reaches", listen)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -271,4 +253,4 @@ class MetricsServer(object):
         self.httpd.server_close()
 
 
-__all__ = ["BUCKETS", "Gauges", "MetricsServer", "RpcMetrics", "daemon_registry", "parse_metrics_listen"]
+__all__ = ["BUCKETS", "Gauges", "MetricsServer", "RpcMetrics", "daemon_registry"]
