@@ -71,11 +71,17 @@ def _path(folder: Optional[str], name: str) -> str:
     return "{}/{}.pkl.gz".format(folder.rstrip("/"), name)
 
 
-def read_stream(path: str, columns: Sequence[str], max_gap_s: float) -> Stream:
+def _frame(path: str, need: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The columns of the DataFrame pickled at ``path``; ``DataError`` when one of ``need`` is missing."""
     cols = frame_columns(read_pickle(path), path)
-    missing = [c for c in ("timestamps",) + tuple(columns) if c not in cols]
+    missing = [c for c in need if c not in cols]
     if missing:
         raise DataError("{}: missing columns {} (have {})".format(path, missing, list(cols)))
+    return cols
+
+
+def read_stream(path: str, columns: Sequence[str], max_gap_s: float) -> Stream:
+    cols = _frame(path, ("timestamps",) + tuple(columns))
     try:
         t = np.asarray(cols["timestamps"], np.float64)
         v = np.stack([np.asarray(cols[c], np.float64) for c in columns], 1)
@@ -91,10 +97,7 @@ def read_stream(path: str, columns: Sequence[str], max_gap_s: float) -> Stream:
 
 def read_labels(path: str) -> List[Tuple[str, float, float]]:
     """``(class, start_ms, end_ms)`` of every labelled interval, in time order."""
-    cols = frame_columns(read_pickle(path), path)
-    missing = [c for c in ("label", "label_start", "label_end") if c not in cols]
-    if missing:
-        raise DataError("{}: missing columns {} (have {})".format(path, missing, list(cols)))
+    cols = _frame(path, ("label", "label_start", "label_end"))
     out = []
     for name, s, e in zip(cols["label"], cols["label_start"], cols["label_end"]):
         if str(name) not in LABELS:
