@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.report import paired, write_report
+from benchmarks.report import mean_std, paired, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
@@ -133,17 +133,13 @@ def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
         out[m] = {"val_gain_points": {c: 100 * v for c, v in val_gain.items()}, "chosen": chosen,
                   "per_subject_gain": per_subject, "subject_gain": paired(zero, gains),
                   "improved": sum(g > 0 for g in gains), "worsened": sum(g < 0 for g in gains),
-                  "second_half_accuracy": {"unadapted": _ms(before), "personalized": _ms(after),
+                  "second_half_accuracy": {"unadapted": mean_std(before), "personalized": mean_std(after),
                                            "gain": paired(before, after), "per_seed": [before, after]}}
     base = r["methods"][1]
     out["cosmo_minus_baseline"] = {
         k: paired(out[base]["second_half_accuracy"]["per_seed"][i], out["cosmo"]["second_half_accuracy"]["per_seed"][i])
         for i, k in enumerate(("unadapted", "personalized"))}
     return out
-
-
-def _ms(v: List[float]) -> Dict[str, float]:
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
 
 
 def markdown(r: Dict[str, Any]) -> str:

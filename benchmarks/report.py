@@ -26,3 +26,8 @@ def paired(a: List[float], b: List[float]) -> Dict[str, float]:
     d = np.asarray(b) - np.asarray(a)
     half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"mean": float(d.mean()), "ci_low": float(d.mean() - half), "ci_high": float(d.mean() + half)}
+
+
+def mean_std(v: List[float]) -> Dict[str, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 
-from benchmarks.report import paired, write_report
+from benchmarks.report import mean_std, paired, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
@@ -71,15 +71,12 @@ def run(model: str, labels: str, seeds: List[int], epochs: int) -> Dict[str, Any
     table = {}
     for case in cases:
         per = {name: [score(r, case) for r in rows if r["config"] == name] for name in CONFIGS}
-        table[case] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                              "per_seed": v} for name, v in per.items()}
+        table[case] = {name: dict(mean_std(v), per_seed=v) for name, v in per.items()}
         table[case]["robust_minus_cosmo"] = paired(per["cosmo"], per["cosmo_robust"])
         if case != "all" and len(modalities) == 2:  # one sensor off: the other one's SingleModal is the bar
             left = [m for m in modalities if m != case[len("without_"):]][0]
             ref = single[left]
-            table[case]["single_modal"] = {"modality": left, "mean": float(np.mean(ref)),
-                                           "std": float(np.std(ref, ddof=1)) if len(ref) > 1 else 0.0,
-                                           "per_seed": ref}
+            table[case]["single_modal"] = dict(mean_std(ref), modality=left, per_seed=ref)
             table[case]["robust_minus_single"] = paired(ref, per["cosmo_robust"])
     return {"rows": rows, "table": table, "modalities": modalities, "configs": CONFIGS, "single_modal": single}
 
