@@ -153,7 +153,7 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
     every method at each label rate, ONNX export of the fine-tuned model, runtime load, inference."""
     from dataclasses import replace as dc_replace
 
-    from cloud.pipeline import prepare_from, run_quality, stage_export, stage_package, stage_prepare, stage_publish
+    from cloud.pipeline import prepare_from, run_quality, stage_export, stage_package, stage_prepare
     from cloud.server import CloudServer
     from edge.export import export_finetuned
     from edge.runtime import Runtime
@@ -209,7 +209,7 @@ def _hapt_steps(st: Steps, a: Any, work: str) -> Dict[str, Any]:
         port = srv.start()
         try:
             t0 = time.perf_counter()
-            pub = stage_publish(srv.registry, s1dir)
+            pub = srv.registry.publish_folder(s1dir)
             t1 = time.perf_counter()
             with grpc.insecure_channel("127.0.0.1:{}".format(port)) as ch:
                 folder, got = pull(ch, man["name"], dest, alias="latest")

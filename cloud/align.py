@@ -362,14 +362,6 @@ def _onnx_parity(path: str, model: Any, x: Any) -> float:
     return float(np.abs(want - got).max())
 
 
-def publish_aligned(registry: Any, folder: str, aliases: Sequence[str] = ("latest",)) -> Dict[str, Any]:
-    """Publish an ``export_aligned`` folder as a new registry version; returns the published manifest."""
-    with open(os.path.join(folder, MANIFEST)) as f:
-        man = json.load(f, object_pairs_hook=OrderedDict)
-    files = OrderedDict((e["path"], (os.path.join(folder, e["path"]), e["kind"])) for e in man["files"])
-    return registry.publish(man["name"], files, man, aliases=aliases)
-
-
 # ------------------------------------------------------------------- IMU -> other modality retrieval
 def cross_modal_retrieval(stage1_dir: str, dataset: str = "hapt", split_seed: int = 0, pool: int = 320,
                           seed: int = 0) -> Dict[str, Any]:

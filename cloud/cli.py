@@ -263,7 +263,7 @@ def cmd_align(a: argparse.Namespace) -> int:
     from shared.training.align import AlignConfig
     from shared.config import config_from_dict
 
-    from .align import ALIGN_DEFAULTS, default_encoder, export_aligned, publish_aligned, run_align, summary
+    from .align import ALIGN_DEFAULTS, default_encoder, export_aligned, run_align, summary
     from .align import text_encoder_folder
     d = dict(ALIGN_DEFAULTS)
     if a.encoder and a.encoder != d["encoder"]:
@@ -283,7 +283,7 @@ def cmd_align(a: argparse.Namespace) -> int:
         man = export_aligned(a.out, os.path.join(a.out, "version"), text, name=a.model_name)
         reg = Registry(a.publish)
         try:
-            pub = publish_aligned(reg, os.path.join(a.out, "version"))
+            pub = reg.publish_folder(os.path.join(a.out, "version"))
         finally:
             reg.close()
         print("published {} v{} into {} ({} files, text encoder {})".format(

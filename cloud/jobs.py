@@ -62,7 +62,7 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
     setup_logging(logging.getLogger().getEffectiveLevel() <= logging.INFO)  # spawned: the server's stderr
     import torch
 
-    from .pipeline import prepare_from, run_pretrain, run_quality, stage_publish
+    from .pipeline import prepare_from, run_pretrain, run_quality
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     reg = Registry(data_dir)
@@ -81,7 +81,7 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
                                name=job.get("model_name", "cosmo-encoders"), features=job.get("features", "encoder"),
                                resume=True, progress=False, on_progress=progress)
             progress({"stage": "publish", "message": "publishing {}".format(res["manifest"]["name"])})
-            pub = stage_publish(reg, work)
+            pub = reg.publish_folder(work)
             reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
                            progress={"stage": "done", "message": "published {} v{}".format(pub["name"], pub["version"]),
                                      "epoch": cfg.epochs, "epochs": cfg.epochs})
@@ -115,7 +115,7 @@ def _worker(job_id: str, data_dir: str, kind: str, dataset: str, config_json: st
 
 def _align_job(reg: Registry, job_id: str, work: str, data_dir: str, dataset: str, job: Dict[str, Any], cfg: Any,
                progress: Any) -> None:
-    from .align import (DEFAULT_ALIGNED_NAME, default_encoder, export_aligned, publish_aligned, run_align,
+    from .align import (DEFAULT_ALIGNED_NAME, default_encoder, export_aligned, run_align,
                         text_encoder_folder)
 
     run_dir, version_dir = os.path.join(work, "align"), os.path.join(work, "version")
@@ -132,7 +132,7 @@ def _align_job(reg: Registry, job_id: str, work: str, data_dir: str, dataset: st
     text = text_encoder_folder(os.path.join(data_dir, "text_encoders"), encoder)
     export_aligned(run_dir, version_dir, text, name=job.get("model_name", DEFAULT_ALIGNED_NAME))
     progress({"stage": "publish", "message": "publishing"})
-    pub = publish_aligned(reg, version_dir)
+    pub = reg.publish_folder(version_dir)
     zs = res["zero_shot"]["accuracy"]
     reg.update_job(job_id, state="SUCCEEDED", model_name=pub["name"], model_version=int(pub["version"]),
                    progress={"stage": "done", "epoch": cfg.epochs, "epochs": cfg.epochs,

@@ -90,7 +90,7 @@ def export_encoders(out: str, modalities: Sequence[str], windows: Sequence[Tuple
 
 
 # The pipeline as named stages: the job worker and `cloud-server pretrain` run them all (``run_pretrain``;
-# the worker then ``stage_publish``-es into the registry), `python -m benchmarks.stages` runs and times
+# the worker then publishes the folder, ``Registry.publish_folder``), `python -m benchmarks.stages` runs and times
 # them one by one;
 # `torchrun -m cloud.ddp_pretrain` runs ``stage_prepare`` on every rank, stage 1 data-parallel, and
 # ``finish`` on rank 0, so its output is a version like any other (manifest, edge data, quality, ONNX).
@@ -166,14 +166,6 @@ def finish(out: str, prep: Prepared, prep_args: Dict[str, Any], cfg: Stage1Confi
         stage_export(out, prep)
     return {"manifest": read_manifest(os.path.join(out, MANIFEST)), "prepared": prep, "stage1": stage1,
             "quality": q, "edge_data": edge_dir}
-
-
-def stage_publish(registry: Any, out: str, aliases: Sequence[str] = ("latest",)) -> Dict[str, Any]:
-    """Publish the version in ``out`` (its manifest and every file it lists) into ``registry`` (a
-    ``cloud.registry.Registry``), moving ``aliases`` to it; returns the published manifest."""
-    man = read_manifest(os.path.join(out, MANIFEST))
-    files = {f["path"]: (os.path.join(out, f["path"]), f["kind"]) for f in man["files"]}
-    return registry.publish(man["name"], files, dict(man), aliases=tuple(aliases))
 
 
 def run_pretrain(out: str, dataset: str, cfg: Stage1Config, label_rate: Optional[float] = None,

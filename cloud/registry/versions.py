@@ -146,6 +146,17 @@ class Versions:
             return NotFound("model {!r} not found (asked for version {})".format(name, version))
         return NotFound("model {!r} has no version {}".format(name, version))
 
+    def publish_folder(self, folder: str | os.PathLike[str],
+                       aliases: Sequence[str] | str | None = ("latest",)) -> dict[str, Any]:
+        """``publish`` the version written into ``folder`` (by the pipeline, an alignment export): its
+        ``manifest.json`` (read with ``shared.manifest.read_manifest``: ``DataError`` naming the file when
+        missing or not a manifest) and every file it lists with its kind, relative to ``folder``."""
+        from shared.manifest import read_manifest
+        man = read_manifest(str(folder))
+        files = collections.OrderedDict(
+            (f["path"], (os.path.join(str(folder), f["path"]), f["kind"])) for f in man["files"])
+        return self.publish(man["name"], files, man, aliases=aliases)
+
     def list_versions(self, name: str | None = None) -> list[dict[str, Any]]:
         """Manifests of every version (of model ``name``, or of all), with current aliases; sorted by
         (name, version). An unknown name gives an empty list."""

@@ -663,3 +663,24 @@ def test_chunks_read_from_the_page_cache_without_waiting_or_say_so(reg, tmp_path
         chunks.read(nowait=True)
     got += list(chunks)  # blocking reads go on where the cached one stopped
     assert b"".join(b for _, b in got) == data and chunks.read() is None
+
+
+def test_publish_folder_publishes_what_its_manifest_lists(reg, tmp_path):
+    """A version folder (pipeline or alignment output) is published from its manifest: every listed file
+    with its kind; a folder without a manifest is one DataError naming the file."""
+    import json
+
+    from shared.errors import DataError
+    folder = tmp_path / "version"
+    _write(folder / "w.bin", b"weights")
+    _write(folder / "sub" / "m.onnx", b"onnx")
+    man = {"format": "cosmo-har/manifest", "name": "har", "version": 0, "input_schema": {}, "classes": ["a"],
+           "files": [{"path": "w.bin", "kind": "state_dict"}, {"path": "sub/m.onnx", "kind": "onnx"}]}
+    (folder / "manifest.json").write_text(json.dumps(man))
+    pub = reg.publish_folder(str(folder), aliases=("latest", "stable"))
+    assert [(f["path"], f["kind"], f["size"]) for f in pub["files"]] == [("w.bin", "state_dict", 7),
+                                                                       ("sub/m.onnx", "onnx", 4)]
+    assert reg.resolve("har", "stable") == pub["version"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty/manifest.json: manifest not found"):
+        reg.publish_folder(str(tmp_path / "empty"))

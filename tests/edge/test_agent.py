@@ -39,9 +39,8 @@ def _publish(world, seed):
     out = str(world["root"] / "job{}".format(seed))
     res = run_pretrain(out, str(world["root"] / "syn.npz"), Stage1Config(seed=seed, **S1), labels_per_class=4,
                        name="tiny", progress=False)
-    man = res["manifest"]
-    files = {f["path"]: (os.path.join(out, f["path"]), f["kind"]) for f in man["files"]}
-    return world["srv"].registry.publish("tiny", files, dict(man))
+    assert res["manifest"]["name"] == "tiny"
+    return world["srv"].registry.publish_folder(out)
 
 
 def _request(ds, idx):
