@@ -19,9 +19,10 @@ from shared.manifest import MANIFEST, file_entry, input_schema, new_manifest, re
 from shared.config import config_dict, load_config
 from shared.files import write_json
 from shared.hashing import dataset_hash, stable_hash
+from shared.hparams import STAGE1_PRESETS
 from shared.training.stage1 import ENCODERS, Stage1Config, load_encoder_bundle, pretrain
 
-from .flags import add_stage1_args  # noqa: F401  (re-exported for cloud.ddp_pretrain)
+from .flags import STAGE1_FLAGS, add_stage1_args  # noqa: F401  (add_stage1_args re-exported for cloud.ddp_pretrain)
 from .jobspec import DEFAULT_LABEL_RATE
 from .quality import QualityReport, encoder_features, raw_features, score_quality
 
@@ -32,10 +33,9 @@ ONNX_CHECK_BATCHES = (1, 8)
 
 
 def stage1_config(a: Any) -> Stage1Config:
-    """Stage1Config from ``--config`` with the flags of ``add_stage1_args`` on top."""
-    overrides = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "fusion": a.fusion,
-                 "num_views": a.num_views, "temperature": a.temperature, "device": a.device}
-    return load_config(Stage1Config, a.config, overrides)
+    """Stage1Config of ``--preset``, then ``--config``, then the flags of ``add_stage1_args`` on top."""
+    overrides = {f: getattr(a, f) for f in STAGE1_FLAGS}
+    return load_config(Stage1Config, a.config, overrides, base=STAGE1_PRESETS[a.preset])
 
 
 def prepare_from(args: Dict[str, Any]) -> Prepared:

@@ -53,11 +53,13 @@ def config_from_dict(cls: Type[T], d: Optional[Dict[str, Any]], where: str = "co
     return cfg
 
 
-def load_config(cls: Type[T], path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> T:
-    """Config from a YAML file (optional) with ``overrides`` (e.g. CLI flags) applied on top."""
+def load_config(cls: Type[T], path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+                base: Optional[Dict[str, Any]] = None) -> T:
+    """Config from ``base`` (e.g. a named preset), then a YAML file (optional), then ``overrides`` (e.g.
+    CLI flags): each later one wins."""
     import yaml  # only here: serving imports this module for not_positive, and never reads YAML
 
-    d = {}  # type: Dict[str, Any]
+    d = dict(base or {})  # type: Dict[str, Any]
     if path:
         if not os.path.isfile(path):
             raise ConfigError("{}: config file not found".format(path))

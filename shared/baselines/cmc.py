@@ -31,7 +31,8 @@ from torch import nn
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError, DataError
 from ..losses import SymmetricInfoNCE
-from ..training.common import augment, iterate_batches, make_optimizer, pick_device, seed_everything
+from ..training.augment import augment
+from ..training.common import iterate_batches, make_optimizer, pick_device, seed_everything
 from ..training.stage1 import Stage1Model, build_encoders
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..data.dataset import MultimodalDataset
 from ..hparams import AdaptConfig
-from .common import augment, iterate_batches, seed_everything, to_tensors
+from .augment import augment
+from .common import iterate_batches, seed_everything, to_tensors
 from .stage2 import Stage2Config, predict
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ from ..losses.distillation import DISTILLATION_LOSSES, CombinedAlignmentLoss, bu
 from ..losses.triplet import TripletLoss
 from ..models.encoders import build_encoder, encoder_config
 from ..retrieval import retrieval_metrics
-from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything
+from .augment import augment
+from .common import iterate_batches, make_optimizer, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 

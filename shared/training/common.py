@@ -1,6 +1,7 @@
-"""Helpers shared by the training loops (torch): seeding, devices, batching, augmentation, optimizers,
+"""Helpers shared by the training loops (torch): seeding, devices, batching, optimizers,
 checkpoint writing. Metrics are in ``shared.metrics``, configs in ``shared.config``, hashes in
-``shared.hashing``, JSON files in ``shared.files``."""
+``shared.hashing``, JSON files in ``shared.files``, augmentations in
+``shared.training.augment``."""
 import logging
 import os
 import random
@@ -45,23 +46,6 @@ def iterate_batches(n: int, batch_size: int, shuffle: bool, rng: Optional[np.ran
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         yield order[i:i + batch_size]
-
-
-def augment(xs: List[torch.Tensor], jitter: float, scale: float) -> List[torch.Tensor]:
-    """Per-window random scaling ``N(1, scale)`` per channel and additive Gaussian jitter ``N(0, jitter)``.
-
-    Applied to normalized windows (so sigmas are in standard-deviation units).
-    """
-    if jitter <= 0 and scale <= 0:
-        return xs
-    out = []
-    for x in xs:
-        if scale > 0:
-            x = x * (1.0 + scale * torch.randn(x.shape[0], 1, x.shape[2], device=x.device))
-        if jitter > 0:
-            x = x + jitter * torch.randn_like(x)
-        out.append(x)
-    return out
 
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")

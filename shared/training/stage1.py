@@ -28,7 +28,8 @@ from ..errors import ConfigError, CosmoError, DataError
 from ..losses import ContrastiveFusionLoss, FusionViews
 from ..models.encoders import build_encoder
 from ..models.heads import ProjectionHead
-from .common import augment, iterate_batches, make_optimizer, pick_device, save_torch_atomic, seed_everything
+from .augment import Augment
+from .common import iterate_batches, make_optimizer, pick_device, save_torch_atomic, seed_everything
 from ..config import config_dict
 from ..hparams import Stage1Config  # noqa: F401  (re-exported)
 from .distributed import (all_gather_object, barrier, broadcast_flag, broadcast_object, current, gather_with_grad,
@@ -68,19 +69,25 @@ class Stage1Model(nn.Module):
 class Stage1Views(nn.Module):
     """One rank's part of a stage-1 step (the module DDP wraps): windows ``xs`` -> views ``[B, P, D]``.
 
-    Each window is encoded ``input_views`` times (each copy with its own ``augment``), and each copy's
-    features ``[B, M, D]`` are fused into ``P / input_views`` views by ``fusion``.
+    Each window is encoded ``input_views`` times (each copy with its own draw of ``aug``), and each
+    copy's features ``[B, M, D]`` are fused into ``P / input_views`` views by ``fusion``.
     """
 
-    def __init__(self, model: Stage1Model, fusion: FusionViews, input_views: int = 1, jitter: float = 0.0,
-                 scale: float = 0.0) -> None:
+    def __init__(self, model: Stage1Model, fusion: FusionViews, input_views: int = 1,
+                 aug: Augment = Augment()) -> None:
         super().__init__()
         self.model, self.fusion = model, fusion
-        self.input_views, self.jitter, self.scale = input_views, jitter, scale
+        self.input_views, self.aug = input_views, aug
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        views = [self.fusion(self.model(augment(xs, self.jitter, self.scale))) for _ in range(self.input_views)]
+        views = [self.fusion(self.model(self.aug(xs))) for _ in range(self.input_views)]
         return torch.cat(views, 1)
+
+
+def stage1_augment(config: Stage1Config) -> Augment:
+    """The augmentations of ``config`` (its jitter, scale, rotate, time_warp, permute, mask)."""
+    return Augment(jitter=config.jitter, scale=config.scale, rotate=config.rotate, time_warp=config.time_warp,
+                   permute=config.permute, mask=config.mask)
 
 
 def stage1_loss(net: nn.Module, xs: List[torch.Tensor], criterion: ContrastiveFusionLoss) -> torch.Tensor:
@@ -146,7 +153,7 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
     fusion = FusionViews(config.num_views // config.input_views, config.fusion, config.concentration)
     criterion = ContrastiveFusionLoss(config.temperature)
     opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
-    net = wrap_ddp(Stage1Views(model, fusion, config.input_views, config.jitter, config.scale), device)
+    net = wrap_ddp(Stage1Views(model, fusion, config.input_views, stage1_augment(config)), device)
     if info.distributed:
         torch.manual_seed(config.seed + info.rank)  # per-rank dropout / augmentation / Dirichlet streams
     steps_per_epoch = len(unlabeled) // config.batch_size

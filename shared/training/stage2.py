@@ -20,7 +20,8 @@ from ..data.dataset import MultimodalDataset
 from ..errors import DataError
 from ..models.classifier import CosmoModel
 from ..models.finetuned import ARCH_FIELDS, build_cosmo_model
-from .common import augment, iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
+from .augment import augment
+from .common import iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
 from ..metrics import accuracy_f1
 from ..hparams import Stage2Config  # noqa: F401  (re-exported)
 

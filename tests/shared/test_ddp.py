@@ -21,7 +21,7 @@ from shared.losses import ContrastiveFusionLoss, FusionViews
 from shared.training import Stage1Config, Stage1Model, build_encoders, load_encoder_bundle, pretrain
 from shared.training import distributed
 from shared.training.common import seed_everything
-from shared.training.stage1 import Stage1Views, stage1_loss
+from shared.training.stage1 import Stage1Views, stage1_augment, stage1_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORLD = 2
@@ -55,7 +55,7 @@ def _one_step(unl, cfg, idx):
                         cfg.proj_dim, cfg.proj_hidden)
     model = distributed.sync_batchnorm(model, torch.device("cpu"))
     fusion = FusionViews(cfg.num_views // cfg.input_views, cfg.fusion, cfg.concentration)
-    net = distributed.wrap_ddp(Stage1Views(model, fusion, cfg.input_views, cfg.jitter, cfg.scale),
+    net = distributed.wrap_ddp(Stage1Views(model, fusion, cfg.input_views, stage1_augment(cfg)),
                                torch.device("cpu"))
     net.train()
     loss = stage1_loss(net, [torch.from_numpy(a[idx]) for a in unl.x.values()],
