@@ -7,8 +7,11 @@
 * BasicMotions (acc + gyro, 4 activities): 1, 2, 4 labeled series per class. The archive has no subject
   ids, so the original TRAIN/TEST split (``meta["original_split"]``) is used: test = the 40 TEST series,
   validation = 2 TRAIN series per class (stratified, split seed 0), train = the other 32 TRAIN series;
-* methods: Cosmo (stage 1 + stage 2), SingleModal per modality, DeepSense, AttnSense (supervised), CMC
-  and CPC (pretrained, then the Cosmo classifier);
+* methods: Cosmo-HAR (this project's method: stage 1 with its augmented copies, stage 2 starting with
+  the classifier), Cosmo (paper) (stage 1 of the ``paper`` preset: fixed fusion grid, no other
+  augmentation, SGD 0.01, batch 32; stage 2 training the encoders first, as published; the same stage-2
+  budget and validation selection as everyone), SingleModal per modality, DeepSense, AttnSense
+  (supervised), CMC and CPC (pretrained, then the Cosmo classifier). ``--methods`` runs a subset;
 * Figure 12 of the paper: Cosmo at one fixed label set (``--ratio-setting``) with stage 1 pretrained on
   the unlabeled pool subsampled to ``ratio x`` the labeled count (``--ratios``; ``all`` = the whole pool).
 
@@ -52,6 +55,7 @@ from shared.data.splits import Normalizer, sample_labels, subject_split
 from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,
                              pretrain)
 from shared.files import cached_json, write_json
+from shared.hparams import STAGE1_PRESETS
 
 from benchmarks.report import paired
 
@@ -72,6 +76,10 @@ TITLES = {"hapt": "UCI HAPT (acc + gyro, 6 activities, subject-wise split)",
                           "time-blocked split)"}
 PRETRAINED = ("cmc", "cpc")
 SUPERVISED = ("deepsense", "attnsense")
+OURS, PAPER = "Cosmo-HAR", "Cosmo (paper)"
+COSMOS = (OURS, PAPER)  # not baselines: "best baseline" is the best of the others
+# stage 1 of each Cosmo (Stage1Config fields over the defaults); stage 2 of the paper's trains encoders first
+STAGE1 = {"cosmo": STAGE1_PRESETS["cosmo-har"], "cosmo_paper": STAGE1_PRESETS["paper"]}
 
 
 def _slug(name: str) -> str:
@@ -113,13 +121,14 @@ def prepare_dataset(name: str, seed: int = 0) -> Tuple[MultimodalDataset, Multim
     return norm.apply(train), norm.apply(val), norm.apply(test), how
 
 
-def methods_for(train: MultimodalDataset) -> List[Tuple[str, str, Dict[str, Any]]]:
-    """(display name, baseline key or "cosmo", build kwargs) for every method."""
-    out = [("Cosmo", "cosmo", {})]  # type: List[Tuple[str, str, Dict[str, Any]]]
+def methods_for(train: MultimodalDataset, only: Optional[List[str]] = None) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(display name, baseline key or "cosmo"/"cosmo_paper", build kwargs) for every method (of ``only``:
+    display names)."""
+    out = [(OURS, "cosmo", {}), (PAPER, "cosmo_paper", {})]  # type: List[Tuple[str, str, Dict[str, Any]]]
     out += [("SingleModal ({})".format(m), "single_modal", {"modality": m, "out_steps": out_steps_for(train)})
             for m in train.modalities]
     out += [("DeepSense", "deepsense", {}), ("AttnSense", "attnsense", {}), ("CMC", "cmc", {}), ("CPC", "cpc", {})]
-    return out
+    return [m for m in out if only is None or m[0] in only]
 
 
 def out_steps_for(ds: MultimodalDataset, layers: int = 4) -> int:
@@ -193,8 +202,9 @@ def budget(cfg: Stage2Config, labeled: int, max_steps: int) -> Stage2Config:
 def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
                 lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
                 cfg: Stage2Config) -> Dict[str, Any]:
-    if key == "cosmo":
+    if key in STAGE1:
         assert enc_path is not None
+        cfg = replace(cfg, start_with="encoders") if key == "cosmo_paper" else cfg
         res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False)
     elif key in PRETRAINED:  # what train_baseline does, with the pretrained encoders cached once per seed
         assert enc_path is not None
@@ -222,8 +232,12 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="HAPT 1%% and 5%%, BasicMotions 1 and 4 per class, 1 seed, few epochs, ratios 1, 5, all")
     ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: the report of the runs cached in --out")
     ap.add_argument("--settings", nargs="+", help="only these label settings (e.g. 1%% 5%%; default: every one of "
                     "each dataset)")
+    ap.add_argument("--methods", nargs="+", help="only these methods, by table name (e.g. Cosmo-HAR 'Cosmo (paper)' "
+                    "AttnSense; SingleModal ones as 'SingleModal (acc)'; default: all); runs into the same --out "
+                    "combine, the report marks cells never run")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -233,18 +247,30 @@ def main(argv: Any = None) -> int:
         settings = OrderedDict((d, [s for s in SETTINGS[d] if s[0] in QUICK_SETTINGS[d]]) for d in a.datasets)
     if a.settings:
         settings = OrderedDict((d, [s for s in sets if s[0] in a.settings]) for d, sets in settings.items())
-    do_ratio = a.ratio_dataset in settings and any(s[0] == a.ratio_setting for s in settings[a.ratio_dataset])
+    do_ratio = a.ratio_dataset in settings and any(s[0] == a.ratio_setting for s in settings[a.ratio_dataset]) \
+        and not a.report_only
     from tqdm import tqdm
 
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
     data = OrderedDict((d, prepare_dataset(d)) for d in settings)
-    n_methods = {d: len(methods_for(data[d][0])) for d in settings}
-    total = sum(len(a.seeds) * (1 + len(PRETRAINED) + len(settings[d]) * n_methods[d]) for d in settings)
+    n_methods = {d: len(methods_for(data[d][0], a.methods)) for d in settings}
+    keys = {k for d in settings for _, k, _ in methods_for(data[d][0], a.methods)}
+    if a.ratio_dataset in settings:
+        keys.add("cosmo")  # the unlabeled-ratio sweep starts from the main run's pool
+    n_pre = len(keys & (set(STAGE1) | set(PRETRAINED)))
+    total = sum(len(a.seeds) * (n_pre + len(settings[d]) * n_methods[d]) for d in settings)
     total += len(a.seeds) * sum(r != "all" for r in a.ratios) if do_ratio else 0
-    bar = tqdm(total=total, desc="accuracy", unit="run")
+    bar = tqdm(total=total, desc="accuracy", unit="run", disable=a.report_only)
     runs = OrderedDict()  # type: Dict[str, Any]
     failures = []  # type: List[str]
+
+    def put(key: str, path: str, fn: Any) -> Optional[Dict[str, Any]]:
+        """``runs[key]``: the run cached at ``path``, else ``fn()`` (cached); with --report-only, only cached."""
+        if a.report_only and not os.path.isfile(path):
+            return None
+        runs[key] = cached_json(path, fn)
+        return runs[key]
     s2cfg = Stage2Config(epochs=a.s2_epochs, fusion="concat")
     for d, sets in settings.items():
         train, val, test, _ = data[d]
@@ -261,44 +287,50 @@ def main(argv: Any = None) -> int:
             # pretraining, once per (dataset, seed)
             enc = {}  # type: Dict[str, str]
             qual = {}  # type: Dict[str, List[float]]
-            s1dir = os.path.join(root, "stage1")
-            enc["cosmo"] = os.path.join(s1dir, "encoders.pt")
-            bar.set_postfix_str("{} seed {} stage 1".format(d, seed))
-            runs["pretrain|{}|cosmo|{}".format(d, seed)] = cached_json(
-                os.path.join(s1dir, "summary.json"), partial(_stage1, unl, Stage1Config(
-                    epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)), s1dir))
-            q = cached_json(os.path.join(s1dir, "quality.json"),
-                        lambda: _quality(load_encoder_bundle(enc["cosmo"]), unl, train.num_classes, seed))  # noqa: B023
-            qual["cosmo"] = q["q"]
-            runs["quality|{}|cosmo|{}".format(d, seed)] = q
-            bar.update(1)
+            for key, preset in STAGE1.items():
+                if key not in keys:
+                    continue
+                s1dir = os.path.join(root, "stage1" if key == "cosmo" else "stage1_paper")
+                enc[key] = os.path.join(s1dir, "encoders.pt")
+                bar.set_postfix_str("{} seed {} stage 1 ({})".format(d, seed, key))
+                s1cfg = Stage1Config(**dict(preset, epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)))
+                put("pretrain|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "summary.json"),
+                    partial(_stage1, unl, s1cfg, s1dir))
+                q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "quality.json"),
+                        lambda: _quality(load_encoder_bundle(enc[key]), unl, train.num_classes, seed))  # noqa: B023
+                if q:
+                    qual[key] = q["q"]
+                bar.update(1)
             for key in PRETRAINED:
+                if key not in keys:
+                    continue
                 bar.set_postfix_str("{} seed {} {} pretraining".format(d, seed, key))
                 enc[key] = os.path.join(root, key, "encoders.pt")
-                os.makedirs(os.path.dirname(enc[key]), exist_ok=True)
+                if not a.report_only:
+                    os.makedirs(os.path.dirname(enc[key]), exist_ok=True)
                 summ = os.path.join(root, key, "summary.json")
                 if os.path.isfile(summ) and not os.path.isfile(enc[key]):
                     os.remove(summ)
-                runs["pretrain|{}|{}|{}".format(d, key, seed)] = cached_json(
-                    summ, partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
-                q = cached_json(os.path.join(root, key, "quality.json"),
-                            lambda: _quality(_load_modules(enc[key]), unl, train.num_classes, seed))  # noqa: B023
-                qual[key] = q["q"]
-                runs["quality|{}|{}|{}".format(d, key, seed)] = q
+                put("pretrain|{}|{}|{}".format(d, key, seed), summ,
+                    partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
+                q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(root, key, "quality.json"),
+                        lambda: _quality(_load_modules(enc[key]), unl, train.num_classes, seed))  # noqa: B023
+                if q:
+                    qual[key] = q["q"]
                 bar.update(1)
             # stage 2 / supervised training, every method on the same labels and budget
             cfg = replace(s2cfg, seed=seed)
             for name, _, _ in sets:
                 lab = train.subset(all_labeled[name])
                 scfg = budget(cfg, len(lab), a.s2_max_steps)
-                for disp, key, kw in methods_for(train):
+                for disp, key, kw in methods_for(train, a.methods):
                     bar.set_postfix_str("{} seed {} {} {}".format(d, seed, name, disp))
                     path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
                     try:
-                        r = cached_json(path, partial(_run_method, key, kw, enc.get(key), qual.get(key), lab, val, test,
-                                                  scfg))
-                        r.setdefault("epochs", scfg.epochs)
-                        runs["{}|{}|{}|{}".format(d, name, disp, seed)] = r
+                        r = put("{}|{}|{}|{}".format(d, name, disp, seed), path, partial(
+                            _run_method, key, kw, enc.get(key), qual.get(key), lab, val, test, scfg))
+                        if r:
+                            r.setdefault("epochs", scfg.epochs)
                     except Exception as e:  # keep going; the report marks the missing cell
                         failures.append("{} {} {} seed {}: {}: {}".format(d, name, disp, seed, type(e).__name__, e))
                     bar.update(1)
@@ -308,7 +340,7 @@ def main(argv: Any = None) -> int:
                 for ratio in a.ratios:
                     key = "ratio|{}|{}|{}".format(d, ratio, seed)
                     if ratio == "all":
-                        main_run = runs.get("{}|{}|Cosmo|{}".format(d, a.ratio_setting, seed))
+                        main_run = runs.get("{}|{}|{}|{}".format(d, a.ratio_setting, OURS, seed))
                         if main_run is not None:
                             runs[key] = dict(main_run, unlabeled=len(unl))
                         continue
@@ -372,7 +404,8 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                  ", ".join(devices), compute, seconds), ""]
     for d, sets in settings.items():
         train, _, _, how = data[d]
-        methods = [m[0] for m in methods_for(train)]
+        methods = [m for m, _, _ in methods_for(train)
+                   if any("{}|{}|{}|{}".format(d, name, m, s) in runs for name, _, _ in sets for s in a.seeds)]
         rows = []
         for name, _, _ in sets:
             row = OrderedDict([("setting", name)])  # type: Dict[str, Any]
@@ -384,7 +417,7 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                           "seconds": [r["seconds"] for r in rs]}
             rows.append(row)
         tables[d] = {"methods": methods, "rows": rows}
-        pools = [runs["pretrain|{}|cosmo|{}".format(d, s)]["windows"] for s in a.seeds]
+        pools = sorted({r["windows"] for k, r in runs.items() if k.startswith("pretrain|{}|".format(d))})
         lines += ["## {}".format(TITLES[d]), "", "Split: {}. Pretraining pool: {} unlabeled windows per seed "
                   "(training windows minus every labeled set below 100 %).".format(how, pools), ""]
         for metric, label in (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1")):
@@ -398,24 +431,35 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                              " | ".join(_ms(row[m][metric]) for m in methods) + " |")
             lines.append("")
         mods = list(data[d][0].modalities)
-        qs = [runs.get("quality|{}|cosmo|{}".format(d, sd), {}).get("q") for sd in a.seeds]
-        qs = [q for q in qs if q]
-        if qs:
-            qa = np.asarray(qs, float)
-            lines += ["Stage-1 quality scores q per modality (Hopkins statistic of the encoder features; mean ± std "
-                      "over seeds): " + ", ".join("{} {:.3f} ± {:.3f}".format(m, qa[:, j].mean(), qa[:, j].std())
-                                                 for j, m in enumerate(mods)), ""]
-        best = OrderedDict()  # per setting: Cosmo - best baseline, paired by seed
-        for row in rows:
-            means = {m: np.mean(row[m]["accuracy"]) for m in methods if row[m]["accuracy"] and m != "Cosmo"}
-            if means and row["Cosmo"]["accuracy"]:
-                b = max(means, key=lambda m: means[m])
-                if len(row[b]["accuracy"]) == len(row["Cosmo"]["accuracy"]) > 1:
-                    best[row["setting"]] = (b, paired(row[b]["accuracy"], row["Cosmo"]["accuracy"]))
-        if best:
-            lines += ["Cosmo − the best baseline, paired by seed (points, 95 % CI): " + "; ".join(
-                "{} vs {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, b, 100 * p["mean"], 100 * p["ci_low"],
-                                                            100 * p["ci_high"]) for k, (b, p) in best.items()), ""]
+        for key, disp in (("cosmo", OURS), ("cosmo_paper", PAPER)):
+            qs = [runs.get("quality|{}|{}|{}".format(d, key, sd), {}).get("q") for sd in a.seeds]
+            qs = [q for q in qs if q]
+            if qs:
+                qa = np.asarray(qs, float)
+                lines += ["{} stage-1 quality scores q per modality (Hopkins statistic of the encoder features; "
+                          "mean ± std over seeds): ".format(disp) + ", ".join(
+                              "{} {:.3f} ± {:.3f}".format(m, qa[:, j].mean(), qa[:, j].std())
+                              for j, m in enumerate(mods)), ""]
+        for ours in COSMOS:
+            best = OrderedDict()  # per setting: this Cosmo - the best baseline (by mean), paired by seed
+            for row in rows:
+                if ours not in row:
+                    continue
+                means = {m: np.mean(row[m]["accuracy"]) for m in methods if row[m]["accuracy"] and m not in COSMOS}
+                if means and row[ours]["accuracy"]:
+                    b = max(means, key=lambda m: means[m])
+                    if len(row[b]["accuracy"]) == len(row[ours]["accuracy"]) > 1:
+                        best[row["setting"]] = (b, paired(row[b]["accuracy"], row[ours]["accuracy"]))
+            if best:
+                lines += ["{} − the best baseline, paired by seed (points, 95 % CI): ".format(ours) + "; ".join(
+                    "{} vs {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, b, 100 * p["mean"], 100 * p["ci_low"],
+                                                                100 * p["ci_high"]) for k, (b, p) in best.items()), ""]
+        both = [(row["setting"], paired(row[PAPER]["accuracy"], row[OURS]["accuracy"])) for row in rows
+                if OURS in row and PAPER in row and len(row[OURS]["accuracy"]) == len(row[PAPER]["accuracy"]) > 1]
+        if both:
+            lines += ["{} − {}, paired by seed (points, 95 % CI): ".format(OURS, PAPER) + "; ".join(
+                "{}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, 100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"])
+                for k, p in both), ""]
     ratio_table = []  # type: List[Dict[str, Any]]
     if do_ratio:
         for ratio in a.ratios:
@@ -448,7 +492,7 @@ def _plot_labels(tables: Dict[str, Any], path: str) -> None:
         for m in t["methods"]:
             acc = [100 * np.mean(r[m]["accuracy"]) if r[m]["accuracy"] else np.nan for r in t["rows"]]
             err = [100 * np.std(r[m]["accuracy"]) if r[m]["accuracy"] else 0 for r in t["rows"]]
-            ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, label=m, lw=2.5 if m == "Cosmo" else 1.2)
+            ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, label=m, lw=2.5 if m == OURS else 1.2)
         ax.set_xticks(x)
         ax.set_xticklabels([r["setting"] for r in t["rows"]])
         ax.set_xlabel("labels")
@@ -475,7 +519,7 @@ def _plot_ratio(rows: List[Dict[str, Any]], a: Any, path: str) -> None:
     ax.set_xticklabels(["{}\n({})".format(r["ratio"], int(np.mean(r["unlabeled"]))) for r in rows])
     ax.set_xlabel("unlabeled : labeled (unlabeled windows)")
     ax.set_ylabel("test (%)")
-    ax.set_title("Cosmo, {} at {} labels".format(a.ratio_dataset, a.ratio_setting))
+    ax.set_title("{}, {} at {} labels".format(OURS, a.ratio_dataset, a.ratio_setting))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from benchmarks.accuracy import COSMOS, OURS
 from benchmarks.report import paired
 
 from shared.files import write_json
@@ -88,16 +89,17 @@ def headline_accuracy(acc: Dict[str, Any], dataset: str = "hapt") -> List[Dict[s
         return out
     for row in table["rows"]:
         means = OrderedDict((m, float(np.mean(row[m]["accuracy"]))) for m in table["methods"] if row[m]["accuracy"])
-        if "Cosmo" not in means or len(means) < 2:
+        baselines = [m for m in means if m not in COSMOS]
+        if OURS not in means or not baselines:
             continue
-        best = max((m for m in means if m != "Cosmo"), key=lambda m: means[m])
-        a, b = row[best]["accuracy"], row["Cosmo"]["accuracy"]  # per seed, in seed order
+        best = max(baselines, key=lambda m: means[m])
+        a, b = row[best]["accuracy"], row[OURS]["accuracy"]  # per seed, in seed order
         diff = paired(a, b) if len(a) == len(b) and len(a) > 1 else None
         out.append(OrderedDict([
-            ("setting", row["setting"]), ("cosmo", means["Cosmo"]), ("cosmo_std", float(np.std(row["Cosmo"]["accuracy"]))),
+            ("setting", row["setting"]), ("cosmo", means[OURS]), ("cosmo_std", float(np.std(row[OURS]["accuracy"]))),
             ("best_baseline", best), ("best_baseline_accuracy", means[best]),
-            ("best_baseline_std", float(np.std(row[best]["accuracy"]))), ("margin", means["Cosmo"] - means[best]),
-            ("seeds", len(row["Cosmo"]["accuracy"])), ("margin_paired", diff)]))
+            ("best_baseline_std", float(np.std(row[best]["accuracy"]))), ("margin", means[OURS] - means[best]),
+            ("seeds", len(row[OURS]["accuracy"])), ("margin_paired", diff)]))
     return out
 
 

@@ -42,19 +42,41 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
         res = json.load(f)
     assert not res["failures"]
     table = res["tables"]["synth"]
-    assert table["methods"] == ["Cosmo", "SingleModal (acc)", "SingleModal (gyro)", "DeepSense", "AttnSense",
-                                "CMC", "CPC"]
+    assert table["methods"] == ["Cosmo-HAR", "Cosmo (paper)", "SingleModal (acc)", "SingleModal (gyro)",
+                                "DeepSense", "AttnSense", "CMC", "CPC"]
     for row in table["rows"]:
         for m in table["methods"]:
             assert len(row[m]["accuracy"]) == 1 and 0.0 <= row[m]["accuracy"][0] <= 1.0
     assert [r["ratio"] for r in res["ratio_table"]] == ["1", "all"]
     # the 100 % setting labels every training window; the other settings' labels are held out of the pool
     pool = res["runs"]["pretrain|synth|cosmo|0"]["windows"]
-    assert 0 < pool < table["rows"][1]["Cosmo"]["labeled"]
+    assert 0 < pool < table["rows"][1]["Cosmo-HAR"]["labeled"]
+    assert res["runs"]["pretrain|synth|cosmo_paper|0"]["windows"] == pool
     # resume: cached runs are read back, not retrained
-    cached = os.path.join(out, "synth", "seed0", "s2_10pct_Cosmo.json")
+    cached = os.path.join(out, "synth", "seed0", "s2_10pct_Cosmo-HAR.json")
     mtime = os.path.getmtime(cached)
     assert bench.main(argv) == 0
     assert os.path.getmtime(cached) == mtime
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["tables"] == res["tables"]
+
+
+def test_accuracy_benchmark_runs_a_subset_of_methods_and_reports_the_cache(bench, tmp_path):
+    out = str(tmp_path / "acc")
+    base = ["--out", out, "--datasets", "synth", "--seeds", "0", "--s1-epochs", "1", "--s2-epochs", "1",
+            "--ratio-dataset", "none", "--threads", "1"]
+    assert bench.main(base + ["--methods", "Cosmo (paper)", "AttnSense", "--settings", "10%"]) == 0
+    seed = os.path.join(out, "synth", "seed0")
+    assert sorted(f for f in os.listdir(seed) if f.startswith("s2_")) == ["s2_10pct_AttnSense.json",
+                                                                          "s2_10pct_Cosmo_paper.json"]
+    assert not os.path.exists(os.path.join(seed, "stage1")) and not os.path.exists(os.path.join(seed, "cmc"))
+    assert bench.main(base + ["--methods", "AttnSense", "--settings", "100%"]) == 0
+    # the report of everything cached, without training anything more
+    before = sorted(os.listdir(seed))
+    assert bench.main(base + ["--report-only"]) == 0
+    assert sorted(os.listdir(seed)) == before
+    with open(os.path.join(out, "results.json")) as f:
+        table = json.load(f)["tables"]["synth"]
+    assert table["methods"] == ["Cosmo (paper)", "AttnSense"]
+    assert [len(r["Cosmo (paper)"]["accuracy"]) for r in table["rows"]] == [1, 0]
+    assert [len(r["AttnSense"]["accuracy"]) for r in table["rows"]] == [1, 1]
