@@ -6,6 +6,9 @@ and depth), known keys of the right types, model names the registry accepts, kno
 distillation losses, and a dataset that is either a built-in name or a path confined to the server's
 ``--datasets-dir``. Errors are ``ConfigError`` naming the field; values are echoed clipped.
 
+Stage-1 jobs (``pretrain``, ``quality``) take Stage1Config keys; ``"preset": "paper"`` starts from the
+named configuration (``shared.hparams.STAGE1_PRESETS``) instead of the default, the keys given win.
+
 Datasets (``resolve_dataset``):
 
 * ``hapt``, ``basicmotions``, ``seglearn_watch``, ``crowdsignals``, ``synthetic``: the packaged copies (no
@@ -20,12 +23,13 @@ import os
 from typing import Any, Dict, Optional
 
 from shared.errors import ConfigError, clip
+from shared.hparams import STAGE1_PRESETS
 
 from .registry.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_DATASET_CHARS, NAME_RE
 
 KINDS = ("pretrain", "quality", "align")
 JOB_KEYS = {"label_rate": float, "labels_per_class": int, "split_seed": int, "model_name": str,
-            "features": str, "model_version": int}
+            "features": str, "model_version": int, "preset": str}
 # align: AlignConfig keys + these (holdout: activities kept out of training; max_windows: cap per split)
 ALIGN_JOB_KEYS = {"split_seed": int, "model_name": str, "holdout": list, "max_windows": int}
 NEEDS_PATH = ("uschad", "utdmhad")  # loaders without a packaged copy
@@ -129,6 +133,9 @@ def _job_keys(kind: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
     if "model_name" in job and not NAME_RE.fullmatch(job["model_name"]):
         raise ConfigError("config field 'model_name' must match {}, got {}".format(NAME_RE.pattern,
                                                                                    clip(job["model_name"])))
+    if "preset" in job and job["preset"] not in STAGE1_PRESETS:
+        raise ConfigError("config field 'preset' must be one of {}, got {}".format(list(STAGE1_PRESETS),
+                                                                                 clip(job["preset"])))
     if "features" in job and job["features"] not in ("encoder", "raw"):
         raise ConfigError("config field 'features' must be 'encoder' or 'raw', got {}".format(clip(job["features"])))
     if kind == "align":
@@ -159,7 +166,9 @@ def validate(kind: str, dataset: str, config_json: str, datasets_dir: Optional[s
         resolved = config_from_dict(AlignConfig, dict(ALIGN_DEFAULTS, **cfg), where="config_json")
     else:
         from shared.training.stage1 import Stage1Config
-        resolved = config_from_dict(Stage1Config, cfg, where="config_json")
+        # the named preset under the submitted keys, as `cloud-server pretrain --preset`
+        resolved = config_from_dict(Stage1Config, dict(STAGE1_PRESETS[job.get("preset", "cosmo-har")], **cfg),
+                                    where="config_json")
     pick_device(resolved.device)  # "cuda" on a server without CUDA fails here, not in the worker
     return {"job": job, "stage1": cfg, "resolved": resolved, "dataset": path}
 

@@ -401,3 +401,15 @@ def test_download_sink_reports_a_full_disk_and_hashes_what_it_wrote(tmp_path):
         sink.put(memoryview(d))
     sink.close()
     assert (tmp_path / "f").read_bytes() == b"".join(data) and h.hexdigest() == hashlib.sha256(b"".join(data)).hexdigest()
+
+
+def test_job_preset_resolves_under_the_submitted_keys():
+    from cloud.jobspec import validate
+    from shared.errors import ConfigError
+    v = validate("pretrain", "synthetic", json.dumps({"preset": "paper", "lr": 0.02, "model_name": "p"}))
+    cfg = v["resolved"]
+    assert (cfg.fusion, cfg.num_views, cfg.input_views, cfg.lr) == ("grid", 9, 1, 0.02)
+    assert v["job"] == {"preset": "paper", "model_name": "p"}
+    assert validate("pretrain", "synthetic", "{}")["resolved"].input_views == 2
+    with pytest.raises(ConfigError, match="'preset'"):
+        validate("pretrain", "synthetic", json.dumps({"preset": "fastest"}))
