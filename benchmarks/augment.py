@@ -32,13 +32,13 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from benchmarks.ablation import linear_probe
-from benchmarks.accuracy import _quality, prepare_dataset
+from benchmarks.ablation import _stage2, linear_probe
+from benchmarks.accuracy import _quality, _stage1, prepare_dataset
 from benchmarks.report import mean_std, paired, write_report
 from shared.data.splits import sample_labels
 from shared.files import cached_json
 from shared.hparams import STAGE1_PRESETS
-from shared.training import Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle, pretrain
+from shared.training import Stage1Config, Stage2Config, load_encoder_bundle
 
 DEFAULT = "cosmo-har"
 # one transform at a time on top of the default; magnitudes from the HAR contrastive literature
@@ -59,19 +59,6 @@ def _slug(name: str) -> str:
     return name.replace("+", "plus_").replace(" ", "_")
 
 
-def stage1_run(unl: Any, cfg: Stage1Config, out: str) -> Dict[str, Any]:
-    res = pretrain(unl, cfg, out, progress=False)
-    return {"seconds": res["seconds"], "loss": res["history"][-1]["loss"], "windows": len(unl)}
-
-
-def stage2_run(enc_path: str, q: List[float], lab: Any, val: Any, test: Any, cfg: Stage2Config) -> Dict[str, Any]:
-    res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False)
-    t = evaluate(res["model"], test)
-    return {"val": {k: res["val"][k] for k in ("accuracy", "macro_f1")},
-            "test": {k: t[k] for k in ("accuracy", "macro_f1")}, "best_epoch": res["best_epoch"],
-            "seconds": res["seconds"], "labeled": len(lab)}
-
-
 def run_candidate(name: str, overrides: Dict[str, Any], seed: int, data: Any, a: Any) -> Dict[str, Any]:
     """Stage 1, quality, probe and stage 2 of one candidate and seed (each step cached)."""
     train, val, test = data
@@ -86,12 +73,13 @@ def run_candidate(name: str, overrides: Dict[str, Any], seed: int, data: Any, a:
     if "epochs" in overrides:  # "x2 epochs": twice whatever the run's stage-1 budget is
         s1cfg = replace(s1cfg, epochs=2 * a.s1_epochs)
     enc = os.path.join(root, "encoders.pt")
-    s1 = cached_json(os.path.join(root, "stage1.json"), partial(stage1_run, unl, s1cfg, root))
+    s1 = cached_json(os.path.join(root, "stage1.json"), partial(_stage1, unl, s1cfg, root))
     q = cached_json(os.path.join(root, "quality.json"),
                     lambda: _quality(load_encoder_bundle(enc), unl, train.num_classes, seed))
     probe = cached_json(os.path.join(root, "probe.json"), lambda: linear_probe(load_encoder_bundle(enc), lab, val, test))
     s2cfg = Stage2Config(epochs=a.s2_epochs, fusion="concat", seed=seed)
-    s2 = cached_json(os.path.join(root, "stage2.json"), partial(stage2_run, enc, q["q"], lab, val, test, s2cfg))
+    s2 = cached_json(os.path.join(root, "stage2.json"),
+                     lambda: _stage2(load_encoder_bundle(enc), lab, val, test, s2cfg, q["q"]))
     return {"stage1": dict(s1, epochs=s1cfg.epochs), "config": overrides, "quality": q["q"], "probe": probe,
             "stage2": s2}
 

@@ -1,0 +1,50 @@
+"""Smoke test of benchmarks/augment.py on a tiny synthetic data set: every candidate runs stage 1, the
+probe and stage 2 on the same labels, the choice is the best validation accuracy, the report is
+written, and the combined candidate is built from the single transforms that beat the default."""
+import json
+import os
+
+import pytest
+
+from tests.bench import load_benchmark
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    pytest.importorskip("matplotlib")
+    from shared.data.splits import Normalizer, subject_split
+    from shared.data.synthetic import make_synthetic
+
+    mod = load_benchmark("augment")
+
+    def prepare(name, seed=0):
+        ds = make_synthetic(num_subjects=6, windows_per_subject=40, num_classes=3,
+                            modalities=(("acc", 32, 3), ("gyro", 32, 3)), seed=0)
+        split = subject_split(ds, val_fraction=0.2, test_fraction=0.2, seed=seed)
+        norm = Normalizer.fit(split.train)
+        return norm.apply(split.train), norm.apply(split.val), norm.apply(split.test), "synthetic"
+
+    monkeypatch.setattr(mod, "prepare_dataset", prepare)
+    return mod
+
+
+def test_augment_benchmark_chooses_on_validation(bench, tmp_path):
+    out = str(tmp_path / "aug")
+    argv = ["--out", out, "--seeds", "0", "1", "--s1-epochs", "1", "--s2-epochs", "2", "--threads", "1",
+            "--candidates", "paper", "cosmo-har", "+permute", "+mask", "+winners"]
+    assert bench.main(argv) == 0
+    for f in ("augment.json", "augment.md", "augment.png"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    with open(os.path.join(out, "augment.json")) as f:
+        r = json.load(f)
+    rows = r["rows"]
+    assert r["chosen"] == max(rows, key=lambda n: rows[n]["stage2_val"]["mean"])
+    assert rows["cosmo-har"]["test_vs_default"]["mean"] == 0.0
+    assert rows["paper"]["config"]["fusion"] == "grid"
+    base = rows["cosmo-har"]["stage2_val"]["mean"]
+    winners = [n for n in ("+permute", "+mask") if rows[n]["stage2_val"]["mean"] > base]
+    assert ("+winners" in rows) == (len(winners) >= 2)
+    # every candidate of a seed trained on the same labeled windows
+    labeled = {json.load(open(os.path.join(out, d, "seed0", "stage2.json")))["labeled"]
+               for d in ("paper", "cosmo-har", "plus_permute")}
+    assert len(labeled) == 1
