@@ -309,7 +309,7 @@ def main(argv: Any = None) -> int:
                 if not a.report_only:
                     os.makedirs(os.path.dirname(enc[key]), exist_ok=True)
                 summ = os.path.join(root, key, "summary.json")
-                if os.path.isfile(summ) and not os.path.isfile(enc[key]):
+                if os.path.isfile(summ) and not os.path.isfile(enc[key]) and not a.report_only:
                     os.remove(summ)
                 put("pretrain|{}|{}|{}".format(d, key, seed), summ,
                     partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
