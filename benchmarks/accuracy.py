@@ -393,7 +393,7 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
     devices = sorted({r["device"] for r in runs.values() if isinstance(r, dict) and "device" in r}) or ["?"]
     compute = sum(r.get("seconds", 0.0) for r in runs.values() if isinstance(r, dict))
     compute += sum(r["stage1"]["seconds"] for k, r in runs.items() if k.startswith("ratio|") and "stage1" in r)
-    lines = ["# Accuracy of Cosmo against the baselines", "",
+    lines = ["# Accuracy of Cosmo-HAR and the paper's Cosmo against the baselines", "",
              "Test accuracy / macro-F1 in %, mean ± std over seeds {} (n per cell in the JSON); pretraining "
              "(Cosmo stage 1, CMC, CPC): {} epochs once per dataset and seed; stage 2 / supervised training: {} epochs{}, "
              "the same Stage2Config for every method of a setting, model chosen on validation; ran on {}: {:.0f} s of "
@@ -454,6 +454,15 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                 lines += ["{} − the best baseline, paired by seed (points, 95 % CI): ".format(ours) + "; ".join(
                     "{} vs {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, b, 100 * p["mean"], 100 * p["ci_low"],
                                                                 100 * p["ci_high"]) for k, (b, p) in best.items()), ""]
+        full = next((row for row in rows if row["setting"] == "100%" and row.get("AttnSense", {}).get("accuracy")), None)
+        if full is not None:  # the paper's headline: Cosmo with few labels against AttnSense with all of them
+            ref = full["AttnSense"]["accuracy"]
+            vs = [(m, row["setting"], paired(ref, row[m]["accuracy"])) for row in rows if row is not full
+                  for m in COSMOS if m in row and len(row[m]["accuracy"]) == len(ref) > 1]
+            if vs:
+                lines += ["Against AttnSense with 100 % labels, paired by seed (points, 95 % CI): " + "; ".join(
+                    "{} at {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(m, k, 100 * p["mean"], 100 * p["ci_low"],
+                                                                100 * p["ci_high"]) for m, k, p in vs), ""]
         both = [(row["setting"], paired(row[PAPER]["accuracy"], row[OURS]["accuracy"])) for row in rows
                 if OURS in row and PAPER in row and len(row[OURS]["accuracy"]) == len(row[PAPER]["accuracy"]) > 1]
         if both:
