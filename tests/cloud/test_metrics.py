@@ -123,4 +123,6 @@ def test_scrapes_do_not_grow_registry_connections(daemon):
     before = len(srv.registry._conns)
     for _ in range(20):
         assert sample(scrape(srv.metrics_port), "cosmo_cloud_registry_versions") == 0
-    assert len(srv.registry._conns) == before
+    # a connection per scrape would add 20; the daemon's own threads (blob scrub, executor) may each open
+    # their one connection meanwhile, which a loaded machine showed once (+1)
+    assert len(srv.registry._conns) - before < 10
