@@ -14,8 +14,8 @@ class Stage1Config:
 
     ``input_views``: each window is encoded this many times, each copy with its own random scaling
     (``scale``) and jitter (``jitter``), and contributes ``num_views / input_views`` fused views; all
-    ``num_views`` views of a window are positives of each other. ``input_views=1, jitter=0, scale=0``
-    is the paper's method exactly (fusion weights are the only augmentation; ``STAGE1_PRESETS["paper"]``).
+    ``num_views`` views of a window are positives of each other. One copy and every transform off is the
+    paper's method (fusion weights the only augmentation; ``STAGE1_PRESETS["paper"]``).
     Our default (2 copies) is a deviation, measured on HAPT: with acc + gyro, fusion alone aligns the two
     modalities on what they share and drops what only the accelerometer sees (posture from gravity), so
     its frozen features probed no better than random ones (71 % vs 75 %), while 2 augmented copies gave
