@@ -4,22 +4,21 @@ chosen on the validation subjects only.
 Every candidate is a Stage1Config (the paper's Cosmo; ``copies``, two augmented copies per window with
 scaling and jitter, the project's default before this study; ``copies`` plus one transform of
 ``shared.training.augment.Augment``; ``copies`` pretrained twice as long; and ``copies`` plus every
-single transform that beat it on validation). The study chose ``time_warp=0.2``, now in the default. For each candidate and seed, on the
-same subject split (split seed 0), the same 1 % labeled windows (held out of the stage-1 pool) and the
-same stage-2 budget:
+single transform that beat it on validation). The study chose ``time_warp=0.2``, now in the default.
+For each candidate and seed, on the same subject split (split seed 0), the same 1 % labeled windows
+(held out of the stage-1 pool) and the same stage-2 budget:
 
 1. stage 1 on the unlabeled training windows; the Hopkins quality prior of its encoders;
 2. a linear probe of the frozen encoders (logistic regression on time-pooled features, C on validation);
 3. stage 2 (Cosmo fine-tuning, ConcatAttn, quality prior), epoch chosen on validation.
 
 The candidate kept is the one with the best mean stage-2 *validation* accuracy (ties: the best mean
-validation macro-F1 of the same runs); test accuracies are
-reported for every candidate with the paired difference (by seed) to ``copies`` and its 95 %
-interval, so the choice never looks at the test subjects. Runs are cached under ``--out`` (resumable;
+validation macro-F1 of the same runs); test accuracies are reported for every candidate with the paired
+difference (by seed) to ``copies`` and its 95 % interval, so the choice never looks at the test subjects. Runs are cached under ``--out`` (resumable;
 several processes can split ``--candidates``/``--seeds`` into one folder; ``--report-only`` then writes
 the report). Writes ``augment.json``, ``augment.md`` and ``augment.png``.
 
-    python -m benchmarks.augment --out results/augment --seeds 0 1 2          # ~1.5 h on 2 CPU cores
+    python -m benchmarks.augment --out results/augment --seeds 0 1 2   # ~2 h of CPU (1 h on 2 processes)
     python -m benchmarks.augment --out results/augment --quick                # a smoke run
 """
 import argparse
@@ -45,7 +44,7 @@ from shared.training import Stage1Config, Stage2Config, load_encoder_bundle
 # The base every transform is added to: two augmented copies per window with scaling and jitter only
 # (the project's default before this study chose time_warp=0.2 for it); stated field by field so the
 # study means the same whatever the default is later.
-DEFAULT = "copies"
+BASE_NAME = "copies"
 BASE = {"input_views": 2, "jitter": 0.1, "scale": 0.2, "rotate": 0.0, "time_warp": 0.0, "permute": 0, "mask": 0.0}
 # one transform at a time on top of the base; magnitudes from the HAR contrastive literature
 # (Tang et al. 2020, "Exploring contrastive learning in HAR"; Um et al. 2017), in normalized units
@@ -55,7 +54,7 @@ SINGLE = OrderedDict([
     ("+permute", {"permute": 4}),
     ("+mask", {"mask": 0.25}),
 ])
-CANDIDATES = OrderedDict([("paper", dict(STAGE1_PRESETS["paper"])), (DEFAULT, {})])
+CANDIDATES = OrderedDict([("paper", dict(STAGE1_PRESETS["paper"])), (BASE_NAME, {})])
 CANDIDATES.update(SINGLE)
 CANDIDATES["x2 epochs"] = {"epochs": 2 * Stage1Config().epochs}
 COMBINED = "+winners"
@@ -94,7 +93,7 @@ def run_candidate(name: str, overrides: Dict[str, Any], seed: int, data: Any, a:
 
 def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int]) -> Dict[str, Any]:
     rows = OrderedDict()  # type: Dict[str, Any]
-    base = [runs[DEFAULT][s]["stage2"]["test"]["accuracy"] for s in seeds]
+    base = [runs[BASE_NAME][s]["stage2"]["test"]["accuracy"] for s in seeds]
     for name, by_seed in runs.items():
         rs = [by_seed[s] for s in seeds]
         test = [r["stage2"]["test"]["accuracy"] for r in rs]
@@ -127,10 +126,10 @@ def markdown(r: Dict[str, Any]) -> str:
              "Hopkins quality prior, epoch chosen on validation. Chosen on the mean stage-2 **validation** "
              "accuracy (ties: validation macro-F1): **{}**. Test differences are paired by seed against `{}`, 95 % t interval; a claim of "
              "better needs the interval above zero. Ran on CPU ({} s in all).".format(
-                 r["seeds"], r["args"]["s1_epochs"], r["args"]["s2_epochs"], r["chosen"], DEFAULT,
+                 r["seeds"], r["args"]["s1_epochs"], r["args"]["s2_epochs"], r["chosen"], BASE_NAME,
                  int(r["seconds"])), "",
              "| candidate | stage-1 settings | stage-1 epochs | stage-1 s | probe val | probe test | stage 2 val | "
-             "stage 2 val F1 | stage 2 test | test − {} [95 % CI] |".format(DEFAULT),
+             "stage 2 val F1 | stage 2 test | test − {} [95 % CI] |".format(BASE_NAME),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
         d = row["test_vs_default"]
@@ -202,7 +201,7 @@ def main(argv: Any = None) -> int:
                 runs[name][seed] = run_candidate(name, CANDIDATES[name], seed, data, a)
                 bar.update(1)
     if COMBINED in a.candidates:
-        base = np.mean([runs[DEFAULT][s]["stage2"]["val"]["accuracy"] for s in a.seeds])
+        base = np.mean([runs[BASE_NAME][s]["stage2"]["val"]["accuracy"] for s in a.seeds])
         winners = [n for n in SINGLE if n in runs
                    and np.mean([runs[n][s]["stage2"]["val"]["accuracy"] for s in a.seeds]) > base]
         if len(winners) >= 2:  # one winner alone is already a candidate
