@@ -254,6 +254,11 @@ def main(argv: Any = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
     data = OrderedDict((d, prepare_dataset(d)) for d in settings)
+    if a.methods:
+        known = [m for d in settings for m, _, _ in methods_for(data[d][0])]
+        unknown = [m for m in a.methods if m not in known]
+        if unknown:
+            raise SystemExit("--methods: unknown {}; known here: {}".format(unknown, sorted(set(known))))
     n_methods = {d: len(methods_for(data[d][0], a.methods)) for d in settings}
     keys = {k for d in settings for _, k, _ in methods_for(data[d][0], a.methods)}
     if a.ratio_dataset in settings:

@@ -71,6 +71,8 @@ def test_accuracy_benchmark_runs_a_subset_of_methods_and_reports_the_cache(bench
                                                                           "s2_10pct_Cosmo_paper.json"]
     assert not os.path.exists(os.path.join(seed, "stage1")) and not os.path.exists(os.path.join(seed, "cmc"))
     assert bench.main(base + ["--methods", "AttnSense", "--settings", "100%"]) == 0
+    with pytest.raises(SystemExit, match="--methods: unknown \\['Cosmo'\\]"):
+        bench.main(base + ["--methods", "Cosmo"])
     # the report of everything cached, without training anything more
     before = sorted(os.listdir(seed))
     assert bench.main(base + ["--report-only"]) == 0
