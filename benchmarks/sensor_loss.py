@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -30,17 +30,23 @@ DEMO_LABELS = os.path.join(ROOT, "runs", "demo", "edge", "labels")
 CONFIGS = {"cosmo": {}, "cosmo_robust": {"modality_dropout": 0.3, "selection": "subsets"}}
 
 
-def single_modal(model: str, labels: str, seed: int, epochs: int, modality: str) -> float:
-    """Test accuracy of the SingleModal baseline of ``modality`` on the same labeled windows (the reference a
-    model with the other sensors off must reach)."""
+def single_modal_data(model: str, labels: str) -> Tuple[Any, Any, Any, int]:
+    """The labeled, validation and test windows of ``labels`` normalized as ``model`` serves them, and the
+    encoders' ``out_steps``: what every SingleModal run of the benchmark trains and scores on (read once)."""
     from edge.finetune import load_split
-    from shared.baselines import train_baseline
     from shared.manifest import read_manifest, schema_normalizer
-    from shared.training import Stage2Config, evaluate
     man = read_manifest(model)
     norm = schema_normalizer(man)
     lab, val, test = (norm.apply(load_split(labels, n)) for n in ("labeled", "val", "test"))
-    out_steps = int(man["encoders"][0]["out_steps"]) if man.get("encoders") else 8
+    return lab, val, test, int(man["encoders"][0]["out_steps"]) if man.get("encoders") else 8
+
+
+def single_modal(data: Tuple[Any, Any, Any, int], seed: int, epochs: int, modality: str) -> float:
+    """Test accuracy of the SingleModal baseline of ``modality`` on the same labeled windows (the reference a
+    model with the other sensors off must reach); ``data`` from ``single_modal_data``."""
+    from shared.baselines import train_baseline
+    from shared.training import Stage2Config, evaluate
+    lab, val, test, out_steps = data
     res = train_baseline("single_modal", lab, val, Stage2Config(seed=seed, epochs=epochs, device="cpu"),
                          modality=modality, out_steps=out_steps)
     return float(evaluate(res["model"], test)["accuracy"])
@@ -51,6 +57,7 @@ def run(model: str, labels: str, seeds: List[int], epochs: int) -> Dict[str, Any
     from shared.training.stage2 import Stage2Config
     rows = []
     single = {}  # type: Dict[str, List[float]]
+    data = single_modal_data(model, labels)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for name, over in CONFIGS.items():
@@ -62,7 +69,7 @@ def run(model: str, labels: str, seeds: List[int], epochs: int) -> Dict[str, Any
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             for m in rows[-1]["without"]:
-                single.setdefault(m, []).append(100.0 * single_modal(model, labels, seed, epochs, m))
+                single.setdefault(m, []).append(100.0 * single_modal(data, seed, epochs, m))
     modalities = list(rows[0]["without"])
     cases = ["all"] + ["without_" + m for m in modalities]
 

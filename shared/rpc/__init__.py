@@ -38,6 +38,7 @@ from shared.rpc.runtime import (
     stub_factory,
 )
 
+
 def refusal_log_level(code: grpc.StatusCode) -> int:
     """How loud both daemons log a call they refused with ``code`` (one line each). States that are not
     mistakes (busy; no model yet; not published yet) at DEBUG: a client polling or a fleet under load makes
