@@ -6,28 +6,17 @@ from collections import OrderedDict
 
 import pytest
 
-from tests.bench import load_benchmark
+from tests.bench import load_benchmark, synthetic_hapt_like
 
 
 @pytest.fixture()
 def bench(monkeypatch):
     pytest.importorskip("matplotlib")
     pytest.importorskip("tqdm")
-    from shared.data.splits import Normalizer, subject_split
-    from shared.data.synthetic import make_synthetic
-
     mod = load_benchmark("accuracy")
-
-    def prepare(name, seed=0):
-        ds = make_synthetic(num_subjects=6, windows_per_subject=24, num_classes=3,
-                            modalities=(("acc", 32, 3), ("gyro", 32, 3)), seed=0)
-        split = subject_split(ds, val_fraction=0.2, test_fraction=0.2, seed=seed)
-        norm = Normalizer.fit(split.train)
-        return norm.apply(split.train), norm.apply(split.val), norm.apply(split.test), "synthetic subject split"
-
     monkeypatch.setattr(mod, "SETTINGS", OrderedDict([("synth", [("10%", 0.1, None), ("100%", 1.0, None)])]))
     monkeypatch.setattr(mod, "TITLES", {"synth": "Synthetic (test)"})
-    monkeypatch.setattr(mod, "prepare_dataset", prepare)
+    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(24))
     return mod
 
 

@@ -6,25 +6,14 @@ import os
 
 import pytest
 
-from tests.bench import load_benchmark
+from tests.bench import load_benchmark, synthetic_hapt_like
 
 
 @pytest.fixture()
 def bench(monkeypatch):
     pytest.importorskip("matplotlib")
-    from shared.data.splits import Normalizer, subject_split
-    from shared.data.synthetic import make_synthetic
-
     mod = load_benchmark("augment")
-
-    def prepare(name, seed=0):
-        ds = make_synthetic(num_subjects=6, windows_per_subject=40, num_classes=3,
-                            modalities=(("acc", 32, 3), ("gyro", 32, 3)), seed=0)
-        split = subject_split(ds, val_fraction=0.2, test_fraction=0.2, seed=seed)
-        norm = Normalizer.fit(split.train)
-        return norm.apply(split.train), norm.apply(split.val), norm.apply(split.test), "synthetic"
-
-    monkeypatch.setattr(mod, "prepare_dataset", prepare)
+    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(40))
     return mod
 
 
@@ -48,3 +37,16 @@ def test_augment_benchmark_chooses_on_validation(bench, tmp_path):
     labeled = {json.load(open(os.path.join(out, d, "seed0", "stage2.json")))["labeled"]
                for d in ("paper", "copies", "plus_permute")}
     assert len(labeled) == 1
+
+
+
+def test_augment_report_only_never_trains(bench, tmp_path):
+    out = str(tmp_path / "aug")
+    argv = ["--out", out, "--seeds", "0", "--s1-epochs", "1", "--s2-epochs", "2", "--threads", "1",
+            "--candidates", "paper", "copies"]
+    with pytest.raises(SystemExit, match="--report-only: no cached run of paper seed 0"):
+        bench.main(argv + ["--report-only"])
+    assert not os.path.exists(os.path.join(out, "paper"))
+    assert bench.main(argv + ["--no-report"]) == 0
+    assert bench.main(argv + ["--report-only"]) == 0
+    assert os.path.isfile(os.path.join(out, "augment.md"))
