@@ -55,7 +55,7 @@ from shared.data.splits import Normalizer, sample_labels, subject_split
 from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,
                              pretrain)
 from shared.files import cached_json, write_json
-from shared.hparams import STAGE1_PRESETS
+from shared.hparams import STAGE1_PRESETS, STAGE2_PRESETS
 
 from benchmarks.report import paired
 
@@ -77,9 +77,17 @@ TITLES = {"hapt": "UCI HAPT (acc + gyro, 6 activities, subject-wise split)",
 PRETRAINED = ("cmc", "cpc")
 SUPERVISED = ("deepsense", "attnsense")
 OURS, PAPER = "Cosmo-HAR", "Cosmo (paper)"
-COSMOS = (OURS, PAPER)  # not baselines: "best baseline" is the best of the others
-# stage 1 of each Cosmo (Stage1Config fields over the defaults); stage 2 of the paper's trains encoders first
+COSMOS = (OURS, PAPER)
+# the best baseline on HAPT with Cosmo-HAR's stage 2 (pseudo-labels, modality dropout): what that step
+# alone gives a baseline, so the table separates it from what the rest of the method gives
+CPC_SEMI = "CPC + pseudo-labels"
+NOT_BASELINES = COSMOS + (CPC_SEMI,)  # "best baseline" is the best of the others
+# stage 1 of each Cosmo (Stage1Config fields over the defaults)
 STAGE1 = {"cosmo": STAGE1_PRESETS["cosmo-har"], "cosmo_paper": STAGE1_PRESETS["paper"]}
+# stage 2 of each Cosmo (Stage2Config fields over the run's; the budget stays the run's, equal for all)
+BUDGET_FIELDS = ("epochs", "t_iter")
+STAGE2 = {k: {f: v for f, v in STAGE2_PRESETS[p].items() if f not in BUDGET_FIELDS}
+          for k, p in (("cosmo", "cosmo-har"), ("cosmo_paper", "paper"))}
 
 
 def _slug(name: str) -> str:
@@ -121,6 +129,19 @@ def prepare_dataset(name: str, seed: int = 0) -> Tuple[MultimodalDataset, Multim
     return norm.apply(train), norm.apply(val), norm.apply(test), how
 
 
+def labeled_sets(train: MultimodalDataset, dataset: str, seed: int) -> Tuple[Dict[str, np.ndarray], MultimodalDataset]:
+    """The labeled windows (indices into ``train``) of every label setting of ``dataset`` for ``seed``, and
+    the unlabeled pool: the training windows outside every labeled set below 100 %, labels removed (what
+    stage 1, CMC and CPC pretrain on, and what Cosmo-HAR's stage 2 draws its unlabeled windows from)."""
+    all_labeled = OrderedDict((name, sample_labels(train.labels, train.num_classes, rate=rate, per_class=k, seed=seed))
+                              for name, rate, k in SETTINGS[dataset])
+    held = np.unique(np.concatenate([v for v in all_labeled.values() if len(v) < len(train)]))
+    mask = np.ones(len(train), bool)
+    mask[held] = False
+    unl = train.subset(np.flatnonzero(mask))
+    return all_labeled, unl.with_labels(np.full(len(unl), -1, np.int64))
+
+
 def methods_for(train: MultimodalDataset, only: Optional[List[str]] = None) -> List[Tuple[str, str, Dict[str, Any]]]:
     """(display name, baseline key or "cosmo"/"cosmo_paper", build kwargs) for every method (of ``only``:
     display names)."""
@@ -128,6 +149,7 @@ def methods_for(train: MultimodalDataset, only: Optional[List[str]] = None) -> L
     out += [("SingleModal ({})".format(m), "single_modal", {"modality": m, "out_steps": out_steps_for(train)})
             for m in train.modalities]
     out += [("DeepSense", "deepsense", {}), ("AttnSense", "attnsense", {}), ("CMC", "cmc", {}), ("CPC", "cpc", {})]
+    out += [(CPC_SEMI, "cpc", {"stage2": STAGE2["cosmo"]})]
     return [m for m in out if only is None or m[0] in only]
 
 
@@ -181,8 +203,12 @@ def _load_modules(path: str) -> List[torch.nn.Module]:
 
 def _result(res: Dict[str, Any], test: MultimodalDataset, lab: MultimodalDataset) -> Dict[str, Any]:
     t = evaluate(res["model"], test)
+    out = {k: t[k] for k in ("accuracy", "macro_f1")}
+    if len(test.modalities) > 1 and getattr(res["model"], "encoders", None) is not None and \
+            len(res["model"].encoders) == len(test.modalities):  # multimodal: each sensor switched off in turn
+        out["without"] = {m: evaluate(res["model"], test, drop=(m,))["accuracy"] for m in test.modalities}
     return {"val": {k: res["val"][k] for k in ("accuracy", "macro_f1")},
-            "test": {k: t[k] for k in ("accuracy", "macro_f1")}, "best_epoch": res["best_epoch"],
+            "test": out, "best_epoch": res["best_epoch"],
             "seconds": res["seconds"], "labeled": len(lab),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"}
 
@@ -201,14 +227,17 @@ def budget(cfg: Stage2Config, labeled: int, max_steps: int) -> Stage2Config:
 
 def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
                 lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
-                cfg: Stage2Config) -> Dict[str, Any]:
+                cfg: Stage2Config, unl: Optional[MultimodalDataset] = None) -> Dict[str, Any]:
+    """One method's stage 2 / supervised run, scored on ``test``; ``unl``: the unlabeled pool, which the
+    stage-2 configurations that learn from unlabeled windows (``unlabeled_weight`` > 0) draw from."""
     if key in STAGE1:
         assert enc_path is not None
-        cfg = replace(cfg, start_with="encoders") if key == "cosmo_paper" else cfg
-        res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False)
+        cfg = replace(cfg, **STAGE2[key])
+        res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
     elif key in PRETRAINED:  # what train_baseline does, with the pretrained encoders cached once per seed
         assert enc_path is not None
-        res = finetune(_load_modules(enc_path), lab, val, cfg, quality=q, progress=False)
+        cfg = replace(cfg, **kw.get("stage2", {}))
+        res = finetune(_load_modules(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
     else:
         res = train_baseline(key, lab, val, cfg, progress=False, **kw)
     return _result(res, test, lab)
@@ -281,14 +310,7 @@ def main(argv: Any = None) -> int:
         train, val, test, _ = data[d]
         for seed in a.seeds:
             root = os.path.join(a.out, d, "seed{}".format(seed))
-            all_labeled = OrderedDict((name, sample_labels(train.labels, train.num_classes, rate=rate, per_class=k,
-                                                           seed=seed)) for name, rate, k in SETTINGS[d])
-            partial_sets = [v for n, v in all_labeled.items() if len(v) < len(train)]
-            held = np.unique(np.concatenate(partial_sets))
-            mask = np.ones(len(train), bool)
-            mask[held] = False
-            unl = train.subset(np.flatnonzero(mask))
-            unl = unl.with_labels(np.full(len(unl), -1, np.int64))
+            all_labeled, unl = labeled_sets(train, d, seed)
             # pretraining, once per (dataset, seed)
             enc = {}  # type: Dict[str, str]
             qual = {}  # type: Dict[str, List[float]]
@@ -333,7 +355,7 @@ def main(argv: Any = None) -> int:
                     path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
                     try:
                         r = put("{}|{}|{}|{}".format(d, name, disp, seed), path, partial(
-                            _run_method, key, kw, enc.get(key), qual.get(key), lab, val, test, scfg))
+                            _run_method, key, kw, enc.get(key), qual.get(key), lab, val, test, scfg, unl))
                         if r:
                             r.setdefault("epochs", scfg.epochs)
                     except Exception as e:  # keep going; the report marks the missing cell
@@ -372,6 +394,36 @@ def main(argv: Any = None) -> int:
     return 1 if failures else 0
 
 
+def _sensor_off_lines(d: str, sets: Any, methods: List[str], runs: Dict[str, Any], seeds: List[int],
+                      mods: List[str]) -> List[str]:
+    """Markdown: test accuracy with one sensor off, per multimodal method, and each Cosmo's against the
+    SingleModal baseline of the sensor left (the bar of a sensor that is off), paired by seed."""
+    if len(mods) < 2:
+        return []
+    lines = []  # type: List[str]
+    for name, _, _ in sets:
+        cells, bars = [], []
+        for m in methods:
+            rs = [runs.get("{}|{}|{}|{}".format(d, name, m, s)) for s in seeds]
+            if all(r is not None and "without" in r["test"] for r in rs):
+                cells.append("{}: {}".format(m, ", ".join("{} off {}".format(
+                    x, _ms([r["test"]["without"][x] for r in rs])) for x in mods)))
+                if m in COSMOS and len(mods) == 2:
+                    for off, left in (mods, mods[::-1]):
+                        ref = [runs.get("{}|{}|SingleModal ({})|{}".format(d, name, left, s)) for s in seeds]
+                        if all(ref) and len(rs) > 1:
+                            p = paired([r["test"]["accuracy"] for r in ref], [r["test"]["without"][off] for r in rs])
+                            bars.append("{}, {} off − SingleModal ({}): {:+.1f} [{:+.1f}, {:+.1f}]".format(
+                                m, off, left, 100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"]))
+        if cells:
+            lines += ["{}: test accuracy (%) with one sensor switched off (input zeroed, masked out of the "
+                      "attention, as the edge serves it): ".format(name) + "; ".join(cells) + ".", ""]
+        if bars:
+            lines += ["{}: a sensor off against the SingleModal baseline of the sensor left, paired by seed (points, "
+                      "95 % CI): ".format(name) + "; ".join(bars), ""]
+    return lines
+
+
 def _ratio_run(ratio: float, unl: MultimodalDataset, lab: MultimodalDataset, val: MultimodalDataset,
                test: MultimodalDataset, num_classes: int, seed: int, a: Any, cfg: Stage2Config, out: str
                ) -> Dict[str, Any]:
@@ -382,7 +434,8 @@ def _ratio_run(ratio: float, unl: MultimodalDataset, lab: MultimodalDataset, val
     enc_path = os.path.join(out, "encoders.pt")
     q = cached_json(os.path.join(out, "quality.json"),
                 lambda: _quality(load_encoder_bundle(enc_path), sub, num_classes, seed))
-    r = cached_json(os.path.join(out, "s2.json"), partial(_run_method, "cosmo", {}, enc_path, q["q"], lab, val, test, cfg))
+    r = cached_json(os.path.join(out, "s2.json"), partial(_run_method, "cosmo", {}, enc_path, q["q"], lab, val, test, cfg,
+                                                               sub))
     return dict(r, unlabeled=n, stage1=s1)
 
 
@@ -450,7 +503,8 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
             for row in rows:
                 if ours not in row:
                     continue
-                means = {m: np.mean(row[m]["accuracy"]) for m in methods if row[m]["accuracy"] and m not in COSMOS}
+                means = {m: np.mean(row[m]["accuracy"]) for m in methods
+                         if row[m]["accuracy"] and m not in NOT_BASELINES}
                 if means and row[ours]["accuracy"]:
                     b = max(means, key=lambda m: means[m])
                     if len(row[b]["accuracy"]) == len(row[ours]["accuracy"]) > 1:
@@ -468,12 +522,14 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                 lines += ["Against AttnSense with 100 % labels, paired by seed (points, 95 % CI): " + "; ".join(
                     "{} at {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(m, k, 100 * p["mean"], 100 * p["ci_low"],
                                                                 100 * p["ci_high"]) for m, k, p in vs), ""]
-        both = [(row["setting"], paired(row[PAPER]["accuracy"], row[OURS]["accuracy"])) for row in rows
-                if OURS in row and PAPER in row and len(row[OURS]["accuracy"]) == len(row[PAPER]["accuracy"]) > 1]
-        if both:
-            lines += ["{} − {}, paired by seed (points, 95 % CI): ".format(OURS, PAPER) + "; ".join(
-                "{}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, 100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"])
-                for k, p in both), ""]
+        for other in (PAPER, CPC_SEMI):
+            both = [(row["setting"], paired(row[other]["accuracy"], row[OURS]["accuracy"])) for row in rows
+                    if OURS in row and other in row and len(row[OURS]["accuracy"]) == len(row[other]["accuracy"]) > 1]
+            if both:
+                lines += ["{} − {}, paired by seed (points, 95 % CI): ".format(OURS, other) + "; ".join(
+                    "{}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, 100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"])
+                    for k, p in both), ""]
+        lines += _sensor_off_lines(d, sets, methods, runs, a.seeds, mods)
     ratio_table = []  # type: List[Dict[str, Any]]
     if do_ratio:
         for ratio in a.ratios:

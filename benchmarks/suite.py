@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from benchmarks.accuracy import COSMOS, OURS
+from benchmarks.accuracy import NOT_BASELINES, OURS
 from benchmarks.report import paired
 
 from shared.files import write_json
@@ -89,7 +89,7 @@ def headline_accuracy(acc: Dict[str, Any], dataset: str = "hapt") -> List[Dict[s
         return out
     for row in table["rows"]:
         means = OrderedDict((m, float(np.mean(row[m]["accuracy"]))) for m in table["methods"] if row[m]["accuracy"])
-        baselines = [m for m in means if m not in COSMOS]
+        baselines = [m for m in means if m not in NOT_BASELINES]
         if OURS not in means or not baselines:
             continue
         best = max(baselines, key=lambda m: means[m])

@@ -117,12 +117,13 @@ def stage_prepare(out: str, dataset: str, cfg: Stage1Config, label_rate: Optiona
 
 def stage_package(out: str, prep: Prepared, prep_args: Dict[str, Any], cfg: Stage1Config, stage1: Dict[str, Any],
                   name: str, edge_data: Optional[str] = None) -> str:
-    """The edge's labeled / validation / test windows (the demo's stand-in for labels collected on the
-    device) and the manifest draft of the stage-1 files; returns the edge data folder."""
+    """The edge's labeled / unlabeled / validation / test windows (the demo's stand-in for what a device
+    collects) and the manifest draft of the stage-1 files; returns the edge data folder."""
     unl = prep.norm(prep.unlabeled)
     edge_dir = edge_data or os.path.join(out, "edge_data")
     os.makedirs(edge_dir, exist_ok=True)
     prep.labeled.save(os.path.join(edge_dir, "labeled"))
+    prep.unlabeled.save(os.path.join(edge_dir, "unlabeled"))
     prep.split.val.save(os.path.join(edge_dir, "val"))
     prep.split.test.save(os.path.join(edge_dir, "test"))
     model = stage1["model"]

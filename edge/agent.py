@@ -80,7 +80,7 @@ class Agent(object):
         self.labels_dir, self.channel = os.path.abspath(labels_dir) if labels_dir else "", channel
         self.model_name = model_name
         # a Stage2Config, or a function that builds one (the CLI's: training imports wait for a fine-tune);
-        # None: the defaults
+        # None: the "cosmo-har" preset, as the CLI's default
         self.config = config
         self.settings = settings or SessionSettings(engine_cache=os.path.join(self.state_dir, "engine_cache"))
         self.edge_id = edge_id or os.uname()[1]
@@ -144,10 +144,11 @@ class Agent(object):
     def finetune(self, model_dir: str) -> Dict[str, Any]:
         """Stage 2 + ONNX export + verification into ``finetuned/<name>/v<N>`` (skipped when done). Returns
         ``{"folder", "metrics", "stages", "runtime"}``: the verified runtime, to be served as it is."""
-        from shared.hparams import Stage2Config
+        from shared.hparams import STAGE2_PRESETS, Stage2Config
 
         from .export import export_finetuned
         from .finetune import run_finetune
+        from .personal import stored_windows
         with open(os.path.join(model_dir, MANIFEST)) as f:
             man = json.load(f)
         final = self.finetuned_dir(man["name"], man["version"])
@@ -158,8 +159,11 @@ class Agent(object):
         partial = os.path.join(os.path.dirname(final), ".v{}.partial".format(man["version"]))
         if os.path.isdir(partial):
             shutil.rmtree(partial)  # an interrupted fine-tune restarts from the shipped encoders
-        config = self.config() if callable(self.config) else (self.config or Stage2Config())
-        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, config, progress=False), self.meter)
+        config = self.config() if callable(self.config) else self.config
+        config = config or Stage2Config(**STAGE2_PRESETS["cosmo-har"])
+        own = stored_windows(self.state_dir) if config.unlabeled_weight > 0 else {}
+        ft = _stage(lambda: run_finetune(model_dir, self.labels_dir, partial, config, progress=False,
+                                         extra_unlabeled=own), self.meter)
         metrics = ft["result"]
         ex = _stage(lambda: export_finetuned(metrics["model"], man, partial), self.meter)
         shutil.copyfile(os.path.join(model_dir, ENCODERS), os.path.join(partial, ENCODERS))

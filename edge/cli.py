@@ -30,14 +30,14 @@ from shared.errors import CosmoError
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from shared.config import load_config
-    from shared.hparams import Stage2Config
+    from shared.hparams import STAGE2_PRESETS, Stage2Config
 
     from .finetune import run_finetune, summarize
     overrides = {"epochs": a.epochs, "t_iter": a.t_iter, "encoder_lr": a.encoder_lr,
                  "classifier_lr": a.classifier_lr, "seed": a.seed, "fusion": a.fusion, "lam": a.lam,
                  "schedule": a.schedule, "device": a.device, "modality_dropout": a.modality_dropout,
-                 "selection": a.selection}
-    cfg = load_config(Stage2Config, a.config, overrides)
+                 "selection": a.selection, "unlabeled_weight": a.unlabeled_weight, "threshold": a.threshold}
+    cfg = load_config(Stage2Config, a.config, overrides, base=STAGE2_PRESETS[a.preset])
     m = run_finetune(a.model, a.labels, a.out, cfg, pretrained=a.pretrained, use_quality=not a.no_quality,
                      progress=not a.no_progress)
     print(summarize(m))
@@ -74,7 +74,8 @@ def cmd_labels(a: argparse.Namespace) -> int:
     prep = prepare(load_named(a.dataset), label_rate=a.label_rate, labels_per_class=a.labels_per_class,
                    seed=a.seed, split_seed=a.split_seed)
     os.makedirs(a.out, exist_ok=True)
-    for name, ds in (("labeled", prep.labeled), ("val", prep.split.val), ("test", prep.split.test)):
+    for name, ds in (("labeled", prep.labeled), ("unlabeled", prep.unlabeled), ("val", prep.split.val),
+                     ("test", prep.split.test)):
         ds.save(os.path.join(a.out, name))
         print("{}: {} windows, subjects {}".format(name, len(ds), sorted(set(ds.subjects.tolist()))))
     return 0
@@ -90,10 +91,12 @@ def _agent(a: argparse.Namespace, channel: bool = True, existing: bool = False) 
 
     def config() -> Any:  # built when a fine-tune runs (training imports torch)
         from shared.config import load_config
-        from shared.hparams import Stage2Config
+        from shared.hparams import STAGE2_PRESETS, Stage2Config
         return load_config(Stage2Config, getattr(a, "config", None), {
             "seed": getattr(a, "seed", None), "epochs": getattr(a, "epochs", None),
-            "modality_dropout": getattr(a, "modality_dropout", None), "selection": getattr(a, "selection", None)})
+            "modality_dropout": getattr(a, "modality_dropout", None), "selection": getattr(a, "selection", None),
+            "unlabeled_weight": getattr(a, "unlabeled_weight", None), "threshold": getattr(a, "threshold", None)},
+            base=STAGE2_PRESETS[getattr(a, "preset", None) or "cosmo-har"])
     if getattr(a, "config", None) and not os.path.isfile(a.config):
         raise CosmoError("--config {}: file not found".format(a.config))
     ch = connect_link(a, a.cloud) if channel and getattr(a, "cloud", None) else None
@@ -325,17 +328,25 @@ def cmd_search(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from shared.client import add_link_args
     from shared.flags import add_config_flags, finish_cli, fraction, positive
-    from shared.hparams import Stage2Config
+    from shared.hparams import STAGE2_PRESETS, Stage2Config
 
-    s2 = Stage2Config()
+    s2 = Stage2Config(**STAGE2_PRESETS["cosmo-har"])  # the defaults --help shows: the default preset's
 
     def robust(sp: argparse.ArgumentParser) -> None:
-        """Stage 2 for graceful sensor loss (README, "Missing sensors"): 0.3 and subsets on HAPT."""
+        """Stage 2 for graceful sensor loss (README, "Missing sensors": 0.3 and subsets on HAPT) and for
+        learning from unlabeled windows (README, "Few labels"); ``--preset`` names the starting point."""
+        sp.add_argument("--preset", choices=list(STAGE2_PRESETS), default="cosmo-har",
+                        help="named stage-2 configuration the flags and --config change: cosmo-har (pseudo-labels "
+                        "on unlabeled windows, modality dropout, 250 epochs), labels-only (the labeled windows "
+                        "alone, 100 epochs), paper (labels-only, encoders trained first); default cosmo-har")
         add_config_flags(sp, s2, {
             "modality_dropout": (positive(float, zero=True), "probability that a training window loses one modality "
                                  "(0: the paper's Cosmo)"),
             "selection": (("full", "subsets"), "keep the epoch best on validation with every sensor (full) or on "
-                          "average over every sensor subset (subsets)")})
+                          "average over every sensor subset (subsets)"),
+            "unlabeled_weight": (positive(float, zero=True), "weight of the pseudo-label consistency on unlabeled "
+                                 "windows (LABELS/unlabeled.npz and, for run, this device's stored windows; 0: off)"),
+            "threshold": (fraction, "confidence a prediction on an unlabeled window needs to be a pseudo-label")})
 
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from shared.data.dataset import MultimodalDataset
+from shared.data.dataset import MultimodalDataset, make_dataset
 from shared.contract import FINETUNED, METRICS
 from shared.errors import DataError
 from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
@@ -29,13 +29,44 @@ def load_split(folder: str, name: str, required: bool = True) -> Optional[Multim
     return MultimodalDataset.load(path)
 
 
+def unlabeled_windows(manifest: Dict[str, Any], labels_dir: str,
+                      extra: Optional[Dict[str, np.ndarray]] = None) -> Optional[MultimodalDataset]:
+    """The raw windows without labels that stage 2 may learn from: ``labels_dir/unlabeled`` (its labels, if
+    any, are ignored) and ``extra`` (``modality -> [N, T, C]``, e.g. this device's own stored windows),
+    each checked against the manifest's input schema; None when there are neither."""
+    parts = []
+    ds = load_split(labels_dir, "unlabeled", required=False)
+    if ds is not None:
+        check_compatible(manifest, ds, where=os.path.join(labels_dir, "unlabeled.npz"))
+        parts.append(ds)
+    n = len(next(iter(extra.values()))) if extra else 0
+    if n:
+        assert extra is not None
+        try:
+            own = make_dataset(extra, schema_specs(manifest), np.full(n, -1, np.int64), np.zeros(n, np.int64),
+                               list(manifest["classes"]), name="device windows")
+            check_compatible(manifest, own, where="this device's stored windows")
+        except (DataError, KeyError) as e:
+            raise DataError("this device's stored windows do not fit the model: {}".format(e)) from None
+        parts.append(own)
+    if not parts:
+        return None
+    x = {m: np.concatenate([p.x[m] for p in parts]).astype(np.float32) for m in parts[0].x}
+    total = sum(len(p) for p in parts)
+    return make_dataset(x, schema_specs(manifest), np.full(total, -1, np.int64), np.zeros(total, np.int64),
+                        list(manifest["classes"]), name="unlabeled")
+
+
 def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Config, pretrained: bool = True,
-                 use_quality: bool = True, progress: bool = True) -> Dict[str, Any]:
+                 use_quality: bool = True, progress: bool = True,
+                 extra_unlabeled: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
     """Fine-tune on ``labels_dir/labeled`` selecting on ``labels_dir/val``; test on ``labels_dir/test`` if present.
 
     Data in ``labels_dir`` is raw (sensor units); it is checked against the manifest's input schema and
     normalized with the manifest's statistics. ``pretrained=False`` is the ablation: the same stage 2
-    from randomly initialized encoders of the same architecture.
+    from randomly initialized encoders of the same architecture. With ``config.unlabeled_weight`` > 0,
+    the windows of ``unlabeled_windows`` (``labels_dir/unlabeled.npz``, ``extra_unlabeled``) join as
+    pseudo-labeled consistency targets; without any, stage 2 learns from the labels alone (and says so).
     """
     manifest = read_manifest(model_dir)
     norm = schema_normalizer(manifest)
@@ -45,6 +76,15 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
         if ds is not None:
             check_compatible(manifest, ds, where=os.path.join(labels_dir, name + ".npz"))
             splits[name] = norm.apply(ds)
+    unlabeled = None
+    if config.unlabeled_weight > 0:
+        unlabeled = unlabeled_windows(manifest, labels_dir, extra_unlabeled)
+        if unlabeled is None:
+            log.warning("unlabeled_weight %s but no unlabeled windows (%s, this device's stored ones): stage 2 "
+                        "learns from the labels alone", config.unlabeled_weight,
+                        os.path.join(labels_dir, "unlabeled.npz"))
+        else:
+            unlabeled = norm.apply(unlabeled)
     encoders = load_encoder_bundle(os.path.join(model_dir, ENCODERS))
     if not pretrained:
         specs = schema_specs(manifest)
@@ -55,9 +95,11 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
     q = quality.get("q") if use_quality else None
     if use_quality and q is None:
         log.warning("manifest has no quality scores; beta_QoM is uniform")
-    res = finetune(encoders, splits["labeled"], splits["val"], config, quality=q, progress=progress)
+    res = finetune(encoders, splits["labeled"], splits["val"], config, quality=q, progress=progress,
+                   unlabeled=unlabeled)
     metrics = {"val": res["val"], "best_epoch": res["best_epoch"], "seconds": res["seconds"],
-               "labeled_windows": len(splits["labeled"]), "pretrained": pretrained,
+               "labeled_windows": len(splits["labeled"]), "unlabeled_windows": len(unlabeled) if unlabeled else 0,
+               "pretrained": pretrained,
                "quality_q": q, "config": config_dict(config)}
     if "test" in splits:
         metrics["test"] = evaluate(res["model"], splits["test"])
@@ -77,8 +119,9 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
 
 
 def summarize(m: Dict[str, Any]) -> str:
-    lines = ["stage 2: {} labeled windows, best val epoch {}, {:.1f} s".format(
-        m["labeled_windows"], m["best_epoch"], m["seconds"]),
+    lines = ["stage 2: {} labeled windows{}, best val epoch {}, {:.1f} s".format(
+        m["labeled_windows"], " + {} unlabeled".format(m["unlabeled_windows"]) if m.get("unlabeled_windows") else "",
+        m["best_epoch"], m["seconds"]),
         "validation: accuracy {:.4f}  macro-F1 {:.4f}".format(m["val"]["accuracy"], m["val"]["macro_f1"])]
     qual = m.get("quality") or {}
     if qual.get("q"):

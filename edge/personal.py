@@ -121,6 +121,11 @@ def _read(path: str) -> Dict[str, np.ndarray]:
         return {}
 
 
+def stored_windows(state_dir: str) -> Dict[str, np.ndarray]:
+    """``modality -> [N, T, C]`` raw windows stored under ``state_dir`` (none: ``{}``)."""
+    return _read(os.path.join(state_dir, PERSONAL_DIR, WINDOWS_FILE))
+
+
 def read_user_windows(state_dir: str) -> Dict[str, np.ndarray]:
     """``modality -> [N, T, C]`` raw windows stored under ``state_dir`` (``DataError`` when there are none)."""
     path = os.path.join(state_dir, PERSONAL_DIR, WINDOWS_FILE)
@@ -211,4 +216,4 @@ def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]
     return out
 
 
-__all__ = ["UserWindows", "base_folder", "personalize", "read_user_windows"]
+__all__ = ["UserWindows", "base_folder", "personalize", "read_user_windows", "stored_windows"]

@@ -109,6 +109,13 @@ class Stage2Config:
     sensor that is off at serving time, so the model learns to predict from any non-empty subset.
     ``selection``: which validation accuracy picks the epoch kept: ``"full"`` (every modality present) or
     ``"subsets"`` (the mean over every modality present and each one switched off in turn).
+
+    Unlabeled windows (``finetune(..., unlabeled=...)``; FixMatch-style consistency): each step also draws
+    ``unlabeled_batch`` unlabeled windows; the model's prediction on a weak view (stage 2's scaling and
+    jitter) is a pseudo-label where its top probability is at least ``threshold``, and a strong view of
+    the same window (``strong_time_warp``, ``strong_mask``, twice the jitter and scaling, and modality
+    dropout as for labeled windows) is trained towards it with weight ``unlabeled_weight``
+    (0: off, the default; labeled windows alone as before).
     """
 
     epochs: int = 100
@@ -130,10 +137,23 @@ class Stage2Config:
     scale: float = 0.1
     modality_dropout: float = 0.0
     selection: str = "full"
+    unlabeled_weight: float = 0.0
+    unlabeled_batch: int = 64
+    threshold: float = 0.95
+    strong_time_warp: float = 0.2
+    strong_mask: float = 0.0
     seed: int = 0
     device: str = "auto"
 
     def check(self) -> None:
+        if self.unlabeled_weight < 0 or self.unlabeled_batch < 1:
+            raise ConfigError("stage2: fields 'unlabeled_weight' >= 0 and 'unlabeled_batch' >= 1, got {} and {}".format(
+                self.unlabeled_weight, self.unlabeled_batch))
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("stage2: field 'threshold' must be in (0, 1], got {}".format(self.threshold))
+        if self.strong_time_warp < 0 or not 0.0 <= self.strong_mask <= 0.9:
+            raise ConfigError("stage2: fields 'strong_time_warp' >= 0 and 'strong_mask' in [0, 0.9], got {} and {}".format(
+                self.strong_time_warp, self.strong_mask))
         if self.selection not in ("full", "subsets"):
             raise ConfigError("stage2: field 'selection' must be 'full' or 'subsets', got {!r}".format(self.selection))
         if not 0.0 <= self.modality_dropout < 1.0:
@@ -158,6 +178,20 @@ class Stage2Config:
         if self.fusion not in ("sum", "concat"):
             raise ConfigError("stage2: field 'fusion' must be 'sum' or 'concat', got {!r}".format(self.fusion))
 
+
+
+# Named stage-2 configurations (``edge-agent finetune/run --preset NAME``; fields given as flags or in
+# ``--config`` win over the preset). "cosmo-har": this project's stage 2, chosen on validation by
+# ``benchmarks/semi.py`` (HAPT, 1 % labels, 5 seeds; the validation accuracy averaged over every sensor
+# present and each one switched off): pseudo-labels on the unlabeled windows with consistency, modality
+# dropout, and the longer run those need. "labels-only": Stage2Config's defaults, the labeled windows alone
+# (this project's stage 2 before that study). "paper": as "labels-only" with the encoders trained first,
+# the paper's order.
+STAGE2_PRESETS = {
+    "cosmo-har": {"unlabeled_weight": 1.0, "threshold": 0.8, "modality_dropout": 0.3, "epochs": 250},
+    "labels-only": {},
+    "paper": {"start_with": "encoders"},
+}
 
 
 @dataclass(frozen=True)
@@ -199,4 +233,4 @@ class AdaptConfig:
                 self.min_windows, self.batch_size))
 
 
-__all__ = ["AdaptConfig", "Stage1Config", "Stage2Config"]
+__all__ = ["AdaptConfig", "STAGE1_PRESETS", "STAGE2_PRESETS", "Stage1Config", "Stage2Config"]

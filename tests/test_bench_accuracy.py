@@ -32,11 +32,18 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
     assert not res["failures"]
     table = res["tables"]["synth"]
     assert table["methods"] == ["Cosmo-HAR", "Cosmo (paper)", "SingleModal (acc)", "SingleModal (gyro)",
-                                "DeepSense", "AttnSense", "CMC", "CPC"]
+                                "DeepSense", "AttnSense", "CMC", "CPC", "CPC + pseudo-labels"]
     for row in table["rows"]:
         for m in table["methods"]:
             assert len(row[m]["accuracy"]) == 1 and 0.0 <= row[m]["accuracy"][0] <= 1.0
     assert [r["ratio"] for r in res["ratio_table"]] == ["1", "all"]
+    # multimodal methods are scored with each sensor off too; Cosmo-HAR's stage 2 learned from the pool
+    ours = res["runs"]["synth|10%|Cosmo-HAR|0"]
+    assert set(ours["test"]["without"]) == {"acc", "gyro"}
+    assert "without" not in res["runs"]["synth|10%|SingleModal (acc)|0"]["test"]
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    assert "10%: test accuracy (%) with one sensor switched off" in report and "Cosmo-HAR: acc off" in report
     # the 100 % setting labels every training window; the other settings' labels are held out of the pool
     pool = res["runs"]["pretrain|synth|cosmo|0"]["windows"]
     assert 0 < pool < table["rows"][1]["Cosmo-HAR"]["labeled"]
@@ -71,3 +78,23 @@ def test_accuracy_benchmark_runs_a_subset_of_methods_and_reports_the_cache(bench
     assert table["methods"] == ["Cosmo (paper)", "AttnSense"]
     assert [len(r["Cosmo (paper)"]["accuracy"]) for r in table["rows"]] == [1, 0]
     assert [len(r["AttnSense"]["accuracy"]) for r in table["rows"]] == [1, 1]
+
+
+def test_sensor_off_lines_pair_each_cosmo_with_the_singlemodal_of_the_sensor_left(bench):
+    def run(acc, without=None):
+        t = {"accuracy": acc}
+        if without:
+            t["without"] = without
+        return {"test": t}
+    runs = {}
+    for s, (off_gyro, off_acc) in enumerate(((0.80, 0.50), (0.84, 0.56))):
+        runs["d|1%|Cosmo-HAR|{}".format(s)] = run(0.9, {"acc": off_acc, "gyro": off_gyro})
+        runs["d|1%|SingleModal (acc)|{}".format(s)] = run(0.82 + 0.01 * s)
+        runs["d|1%|SingleModal (gyro)|{}".format(s)] = run(0.55)
+    lines = bench._sensor_off_lines("d", [("1%", 0.01, None)], ["Cosmo-HAR", "SingleModal (acc)"], runs, [0, 1],
+                                    ["acc", "gyro"])
+    text = "\n".join(lines)
+    # gyro off leaves the accelerometer: (0.80 - 0.82 + 0.84 - 0.83) / 2 = -0.5 points
+    assert "Cosmo-HAR, gyro off − SingleModal (acc): -0.5" in text
+    assert "Cosmo-HAR, acc off − SingleModal (gyro): -2.0" in text  # (0.50 + 0.56) / 2 - 0.55
+    assert "Cosmo-HAR: acc off 53.0 ± 3.0, gyro off 82.0 ± 2.0" in text

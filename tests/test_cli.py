@@ -45,6 +45,48 @@ def test_finetune_pretrained_and_ablation(pretrained, capsys):
     assert "test:       accuracy" in text and "macro-F1" in text
 
 
+def test_finetune_learns_from_the_unlabeled_windows(pretrained, tmp_path, capsys):
+    root, out = pretrained
+    unl = MultimodalDataset.load(str(out / "edge_data" / "unlabeled.npz"))
+    assert len(unl) > 0 and (unl.labels == -1).all()
+    rc = edge_main(["finetune", "--model", str(out), "--labels", str(out / "edge_data"), "--out", str(tmp_path / "u"),
+                    "--epochs", "4", "--no-progress", "--unlabeled-weight", "1", "--threshold", "0.5",
+                    "--modality-dropout", "0.3"])
+    assert rc == 0
+    m = json.loads((tmp_path / "u" / "metrics.json").read_text())
+    assert m["unlabeled_windows"] == len(unl) and m["config"]["unlabeled_weight"] == 1.0
+    assert all(0.0 <= h["pseudo_labeled"] <= 1.0 for h in m["history"])
+    assert "+ {} unlabeled".format(len(unl)) in capsys.readouterr().out
+    # windows of another schema are refused by name, before any training
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("labeled", "val"):
+        MultimodalDataset.load(str(out / "edge_data" / (name + ".npz"))).save(str(labels / name))
+    unl.select_modalities(["a"]).save(str(labels / "unlabeled"))
+    assert edge_main(["finetune", "--model", str(out), "--labels", str(labels), "--out", str(tmp_path / "v"),
+                      "--epochs", "1", "--no-progress", "--unlabeled-weight", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unlabeled.npz" in err and "Traceback" not in err
+
+
+def test_unlabeled_windows_join_the_labels_folder_and_the_devices_own(pretrained, tmp_path):
+    import numpy as np
+
+    from edge.finetune import unlabeled_windows
+    from shared.errors import DataError
+    root, out = pretrained
+    man = read_manifest(str(out))
+    unl = MultimodalDataset.load(str(out / "edge_data" / "unlabeled.npz"))
+    own = {m: a[:5] for m, a in unl.x.items()}  # what `--personal-windows` keeps: modality -> [N, T, C]
+    both = unlabeled_windows(man, str(out / "edge_data"), own)
+    assert len(both) == len(unl) + 5 and (both.labels == -1).all()
+    assert np.array_equal(both.x["a"][-5:], own["a"])
+    assert len(unlabeled_windows(man, str(tmp_path), own)) == 5
+    assert unlabeled_windows(man, str(tmp_path), {}) is None
+    with pytest.raises(DataError, match="this device's stored windows"):
+        unlabeled_windows(man, str(tmp_path), {"a": own["a"][:, :7]})
+
+
 def test_bad_inputs_give_named_errors(pretrained, tmp_path, capsys):
     root, out = pretrained
     assert cloud_main(["pretrain", "--dataset", "nosuchset", "--out", str(tmp_path)]) == 2

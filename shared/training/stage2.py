@@ -20,7 +20,7 @@ from ..data.dataset import MultimodalDataset
 from ..errors import DataError
 from ..models.classifier import CosmoModel
 from ..models.finetuned import ARCH_FIELDS, build_cosmo_model
-from .augment import augment
+from .augment import Augment, augment
 from .common import iterate_batches, make_optimizer, pick_device, seed_everything, to_tensors
 from ..metrics import accuracy_f1
 from ..hparams import Stage2Config  # noqa: F401  (re-exported)
@@ -106,10 +106,40 @@ def evaluate(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.de
     return m
 
 
+def _with_unlabeled(model: nn.Module, xs: List[torch.Tensor], present: Optional[torch.Tensor], y: torch.Tensor,
+                    xu_all: List[torch.Tensor], strong: Augment, config: Stage2Config,
+                    rng: np.random.RandomState) -> Any:
+    """The loss of one step with unlabeled windows (FixMatch-style), and the fraction pseudo-labeled.
+
+    Labeled windows ``xs``, a weak and a strong view of ``config.unlabeled_batch`` unlabeled windows go
+    through the model in one batch (BatchNorm sees them together); the weak view's confident predictions
+    (no gradient) are the strong view's targets. The strong view loses modalities as labeled windows do,
+    so the fused model's confident answers teach the model with a sensor missing.
+    """
+    n = len(y)
+    uidx = rng.randint(0, len(xu_all[0]), size=config.unlabeled_batch)
+    xu = [x[uidx] for x in xu_all]
+    weak = augment(xu, config.jitter, config.scale)
+    hard = strong(xu)
+    p_u = torch.ones(len(uidx), len(xs), dtype=torch.bool, device=y.device)
+    p_s = p_u
+    if config.modality_dropout > 0:
+        p_s = torch.from_numpy(random_present(len(uidx), len(xs), config.modality_dropout, rng)).to(y.device)
+        hard = drop_modalities(hard, p_s)
+    p_l = present if present is not None else torch.ones(n, len(xs), dtype=torch.bool, device=y.device)
+    logits, _ = model([torch.cat(parts) for parts in zip(xs, weak, hard)], torch.cat([p_l, p_u, p_s]))
+    k = len(uidx)
+    with torch.no_grad():
+        conf, target = F.softmax(logits[n:n + k], 1).max(1)
+        keep = (conf >= config.threshold).to(logits.dtype)
+    loss_u = (F.cross_entropy(logits[n + k:], target, reduction="none") * keep).mean()
+    return F.cross_entropy(logits[:n], y) + config.unlabeled_weight * loss_u, float(keep.mean())
+
+
 def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: MultimodalDataset,
              config: Stage2Config, quality: Optional[Sequence[float]] = None, progress: bool = True,
              on_epoch: Optional[Callable[[Dict[str, Any], CosmoModel], None]] = None,
-             model: Optional[nn.Module] = None) -> Dict[str, Any]:
+             model: Optional[nn.Module] = None, unlabeled: Optional[MultimodalDataset] = None) -> Dict[str, Any]:
     """Train the Cosmo classifier (and fine-tune ``encoders``) on ``labeled``; select on ``val``.
 
     ``encoders`` are modified in place; pass fresh ones (``build_encoders``) for the no-pretraining
@@ -117,6 +147,8 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     ``model``: a prebuilt model to train instead (e.g. a baseline from ``shared.baselines``): any module
     with ``.encoders``, ``.classifier`` and ``forward(xs, present=None) -> (logits, beta)``; when given,
     ``encoders`` and ``quality`` are ignored and ``build_model`` is not called.
+    ``unlabeled``: windows without labels (their labels are ignored) for the pseudo-label consistency of
+    ``config.unlabeled_weight`` (``_unlabeled_loss``); unused while that weight is 0.
     Returns ``{"model": CosmoModel (best on val), "history": [...], "best_epoch": int, "val": metrics,
     "seconds": float}``.
     """
@@ -139,6 +171,10 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     xs_all = to_tensors(labeled, device=device)
     y_all = torch.from_numpy(labeled.labels).to(device)
     rng = np.random.RandomState(config.seed)
+    use_u = unlabeled is not None and len(unlabeled) > 0 and config.unlabeled_weight > 0
+    xu_all = to_tensors(unlabeled, device=device) if use_u else None
+    strong = Augment(jitter=2 * config.jitter, scale=2 * config.scale, time_warp=config.strong_time_warp,
+                     mask=config.strong_mask)
     best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": None}  # type: Dict[str, Any]
     history = []
     t0 = time.time()
@@ -148,17 +184,22 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
         _set_trainable(model.encoders, phase in ("encoders", "both"))
         _set_trainable(model.classifier, phase in ("classifier", "both"))
         opts = {"encoders": [opt_enc], "classifier": [opt_clf], "both": [opt_enc, opt_clf]}[phase]
-        losses = []
+        losses, used = [], []
         for idx in iterate_batches(len(labeled), config.batch_size, True, rng):
             if len(idx) < 2 and phase in ("encoders", "both"):
                 continue  # BatchNorm cannot train on a single window
             xs = augment([x[idx] for x in xs_all], config.jitter, config.scale)
+            present = None
             if config.modality_dropout > 0:
                 present = torch.from_numpy(random_present(len(idx), len(xs), config.modality_dropout, rng)).to(device)
-                logits, _ = model(drop_modalities(xs, present), present)
+                xs = drop_modalities(xs, present)
+            if use_u:
+                assert xu_all is not None
+                loss, frac = _with_unlabeled(model, xs, present, y_all[idx], xu_all, strong, config, rng)
+                used.append(frac)
             else:
-                logits, _ = model(xs)
-            loss = F.cross_entropy(logits, y_all[idx])
+                logits, _ = model(xs, present) if present is not None else model(xs)
+                loss = F.cross_entropy(logits, y_all[idx])
             for o in opts:
                 o.zero_grad()
             loss.backward()
@@ -168,6 +209,8 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
         vm = evaluate(model, val, device)
         history.append({"epoch": epoch, "phase": phase, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                         "val_accuracy": vm["accuracy"], "val_loss": vm["loss"], "val_macro_f1": vm["macro_f1"]})
+        if used:
+            history[-1]["pseudo_labeled"] = float(np.mean(used))
         score = vm["accuracy"]
         if config.selection == "subsets" and len(val.modalities) > 1:
             score = float(np.mean([score] + [evaluate(model, val, device, drop=(m,))["accuracy"]

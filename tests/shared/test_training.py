@@ -135,3 +135,58 @@ def test_accuracy_f1_matches_hand_computation():
     assert m["accuracy"] == pytest.approx(0.6)
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_stage2_unlabeled_weight_zero_ignores_the_unlabeled_windows(prep):
+    lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
+    cfg = Stage2Config(epochs=3, t_iter=1, batch_size=4, device="cpu")
+    torch.manual_seed(0)
+    a = finetune(_encoders(lab), lab, val, cfg, progress=False)
+    torch.manual_seed(0)
+    b = finetune(_encoders(lab), lab, val, cfg, progress=False, unlabeled=prep.norm(prep.unlabeled))
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    assert all("pseudo_labeled" not in h for h in b["history"])
+
+
+def test_stage2_pseudo_labels_come_from_confident_weak_views(prep):
+    from shared.training.augment import Augment
+    from shared.training.stage2 import _with_unlabeled
+    lab, unl = prep.norm(prep.labeled), prep.norm(prep.unlabeled)
+    model = finetune(_encoders(lab), lab, prep.norm(prep.split.val), Stage2Config(epochs=2, batch_size=4,
+                                                                                   device="cpu"), progress=False)["model"]
+    model.eval()  # BatchNorm frozen and no dropout: a window's logits do not depend on its batch
+    xs = [torch.from_numpy(a[:4]) for a in lab.x.values()]
+    y = torch.from_numpy(lab.labels[:4])
+    xu = [torch.from_numpy(a) for a in unl.x.values()]
+    rng = np.random.RandomState(0)
+    none = Stage2Config(unlabeled_weight=1.0, threshold=1.0, unlabeled_batch=8, jitter=0.0, scale=0.0)
+    loss, frac = _with_unlabeled(model, xs, None, y, xu, Augment(), none, rng)
+    assert frac == 0.0  # no window is certain: the loss is the labeled windows' alone
+    assert float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(model(xs)[0], y)), rel=1e-5)
+    every = Stage2Config(unlabeled_weight=1.0, threshold=1e-6, unlabeled_batch=8, jitter=0.0, scale=0.0)
+    loss_all, frac = _with_unlabeled(model, xs, None, y, xu, Augment(), every, np.random.RandomState(0))
+    assert frac == 1.0
+    # identity views: every window's target is its own argmax, so the extra loss is the mean -log(max p)
+    uidx = np.random.RandomState(0).randint(0, len(unl), size=8)
+    p = torch.softmax(model([x[uidx] for x in xu])[0], 1).max(1)[0]
+    assert float(loss_all - loss) == pytest.approx(float(-torch.log(p).mean()), rel=1e-4)
+
+
+def test_stage2_with_unlabeled_windows_trains_and_reports_pseudo_labels(prep):
+    lab, val, test = prep.norm(prep.labeled), prep.norm(prep.split.val), prep.norm(prep.split.test)
+    cfg = Stage2Config(epochs=20, t_iter=5, batch_size=4, device="cpu", encoder_lr=1e-3, classifier_lr=3e-3,
+                       unlabeled_weight=1.0, unlabeled_batch=16, threshold=0.6, modality_dropout=0.3)
+    torch.manual_seed(0)
+    res = finetune(_encoders(lab), lab, val, cfg, quality=[0.7, 0.3], progress=False,
+                   unlabeled=prep.norm(prep.unlabeled))
+    used = [h["pseudo_labeled"] for h in res["history"]]
+    assert all(0.0 <= u <= 1.0 for u in used) and max(used) > 0
+    from shared.training import evaluate
+    assert evaluate(res["model"], test)["accuracy"] > 0.6
+
+
+def test_stage2_unlabeled_config_errors_name_the_field():
+    for kw, field in (({"unlabeled_weight": -1}, "unlabeled_weight"), ({"threshold": 0}, "threshold"),
+                      ({"strong_mask": 0.95}, "strong_mask"), ({"unlabeled_batch": 0}, "unlabeled_batch")):
+        with pytest.raises(ConfigError, match=field):
+            config_from_dict(Stage2Config, kw)

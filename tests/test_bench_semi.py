@@ -1,0 +1,52 @@
+"""Smoke test of benchmarks/semi.py on a tiny synthetic data set: the candidates share one stage 1 and the
+labels of a seed, the choice is the best validation accuracy over sensor subsets, the longer candidates
+get the longer budget, --stage1-from reuses encoders, and --report-only trains nothing."""
+import json
+import os
+
+import pytest
+
+from tests.bench import load_benchmark, synthetic_hapt_like
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    pytest.importorskip("matplotlib")
+    mod = load_benchmark("semi")
+    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(40))
+    return mod
+
+
+def test_semi_benchmark_chooses_on_validation_over_sensor_subsets(bench, tmp_path):
+    out = str(tmp_path / "semi")
+    argv = ["--out", out, "--seeds", "0", "1", "--s1-epochs", "1", "--s2-epochs", "2", "--threads", "1",
+            "--candidates", "labels only", "pseudo 0.8 + drop", "pseudo 0.8 + drop, x2.5 steps"]
+    with pytest.raises(SystemExit, match="--report-only: no cached run of 'labels only' seed 0"):
+        bench.main(argv + ["--report-only"])
+    assert bench.main(argv) == 0
+    for f in ("semi.json", "semi.md", "semi.png"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    with open(os.path.join(out, "semi.json")) as f:
+        r = json.load(f)
+    rows = r["rows"]
+    assert r["chosen"] == max(rows, key=lambda n: (rows[n]["val_subsets"]["mean"], rows[n]["val"]["mean"]))
+    assert rows["labels only"]["test_vs_labels_only"]["mean"] == 0.0
+    assert [rows[n]["epochs"] for n in rows] == [2, 2, 5]
+    runs = [json.load(open(os.path.join(out, d, "seed0.json")))
+            for d in ("labels_only", "pseudo_08_plus_drop", "pseudo_08_plus_drop_x25_steps")]
+    assert len({x["labeled"] for x in runs}) == 1 and runs[0]["pseudo_labeled_last"] is None
+    for x in runs:  # the subsets score is the mean of every sensor present and each one off
+        v = x["val"]
+        assert v["subsets"] == pytest.approx((v["accuracy"] + sum(v["without"].values())) / 3)
+    # another study reuses these encoders (an accuracy run's layout); a missing seed is a one-line error
+    other = str(tmp_path / "other")
+    enc = os.path.join(out, "hapt", "seed0", "stage1", "encoders.pt")
+    mtime = os.path.getmtime(enc)
+    assert bench.main(["--out", other, "--stage1-from", out, "--seeds", "0", "--s2-epochs", "1", "--threads", "1",
+                       "--candidates", "labels only"]) == 0
+    assert os.path.getmtime(enc) == mtime and not os.path.exists(os.path.join(other, "hapt"))
+    with pytest.raises(SystemExit, match="--stage1-from: .*seed2"):
+        bench.main(["--out", other, "--stage1-from", out, "--seeds", "2", "--candidates", "labels only"])
+    before = sorted(os.listdir(out))
+    assert bench.main(argv + ["--report-only"]) == 0
+    assert sorted(os.listdir(out)) == before
