@@ -34,7 +34,7 @@ import torch
 
 from benchmarks.ablation import _stage2, linear_probe
 from benchmarks.accuracy import _quality, _stage1, prepare_dataset
-from benchmarks.report import mean_std, paired, write_report
+from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.data.splits import sample_labels
 from shared.files import cached_json
 from shared.hparams import STAGE1_PRESETS
@@ -178,13 +178,7 @@ def main(argv: Any = None) -> int:
                     default=list(CANDIDATES) + [COMBINED],
                     help="{} = {} plus every single transform whose mean stage-2 validation accuracy beat "
                     "its (needs those runs)".format(COMBINED, BASE_NAME))
-    ap.add_argument("--s1-epochs", type=int, default=Stage1Config().epochs)
-    ap.add_argument("--s2-epochs", type=int, default=Stage2Config().epochs)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--report-only", action="store_true", help="write the report from the cached runs (trains "
-                    "nothing; a run missing from --out is a one-line error)")
-    ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
-    ap.add_argument("--quick", action="store_true", help="seed 0, 2 stage-1 and 10 stage-2 epochs: a smoke run")
+    add_study_flags(ap, "seed 0, 2 stage-1 and 10 stage-2 epochs: a smoke run")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.s1_epochs, a.s2_epochs = [0], 2, 10

@@ -31,3 +31,17 @@ def paired(a: List[float], b: List[float]) -> Dict[str, float]:
 def mean_std(v: List[float]) -> Dict[str, float]:
     """Mean and sample standard deviation over seeds (0 for a single seed)."""
     return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+
+
+def add_study_flags(ap: Any, quick_help: str) -> None:
+    """The flags of a candidate study (``benchmarks.augment``, ``benchmarks.semi``): stage budgets, torch
+    threads, the cache-only and no-report modes, and ``--quick`` (``quick_help`` says what it runs)."""
+    from shared.hparams import Stage1Config, Stage2Config
+    ap.add_argument("--s1-epochs", type=int, default=Stage1Config().epochs)
+    ap.add_argument("--s2-epochs", type=int, default=Stage2Config().epochs)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the cached runs (trains "
+                    "nothing; a run missing from --out is a one-line error)")
+    ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+

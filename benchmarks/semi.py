@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.accuracy import _quality, _stage1, budget, labeled_sets, out_steps_for, prepare_dataset
-from benchmarks.report import mean_std, paired, write_report
+from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.training import Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle
 
@@ -181,14 +181,8 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     ap.add_argument("--stage1-from", help="an accuracy run's --out whose HAPT stage-1 encoders to reuse")
-    ap.add_argument("--s1-epochs", type=int, default=Stage1Config().epochs)
-    ap.add_argument("--s2-epochs", type=int, default=Stage2Config().epochs)
     ap.add_argument("--s2-max-steps", type=int, default=500, help="as benchmarks.accuracy --s2-max-steps")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--report-only", action="store_true", help="write the report from the cached runs (trains "
-                    "nothing; a run missing from --out is a one-line error)")
-    ap.add_argument("--no-report", action="store_true", help="run and cache, but write no report")
-    ap.add_argument("--quick", action="store_true", help="seed 0, 2 stage-1 and 6 stage-2 epochs: a smoke run")
+    add_study_flags(ap, "seed 0, 2 stage-1 and 6 stage-2 epochs: a smoke run")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.s1_epochs, a.s2_epochs = [0], 2, 6
