@@ -148,7 +148,7 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     with ``.encoders``, ``.classifier`` and ``forward(xs, present=None) -> (logits, beta)``; when given,
     ``encoders`` and ``quality`` are ignored and ``build_model`` is not called.
     ``unlabeled``: windows without labels (their labels are ignored) for the pseudo-label consistency of
-    ``config.unlabeled_weight`` (``_unlabeled_loss``); unused while that weight is 0.
+    ``config.unlabeled_weight`` (``_with_unlabeled``); unused while that weight is 0.
     Returns ``{"model": CosmoModel (best on val), "history": [...], "best_epoch": int, "val": metrics,
     "seconds": float}``.
     """
