@@ -52,7 +52,7 @@ from shared.data.basicmotions import load_basicmotions
 from shared.data.dataset import MultimodalDataset
 from shared.data.hapt import load_hapt
 from shared.data.splits import Normalizer, sample_labels, subject_split
-from shared.training import (Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle,
+from shared.training import (Stage1Config, Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle,
                              pretrain)
 from shared.files import cached_json, write_json
 from shared.hparams import STAGE1_PRESETS, STAGE2_PRESETS
@@ -206,7 +206,7 @@ def _result(res: Dict[str, Any], test: MultimodalDataset, lab: MultimodalDataset
     out = {k: t[k] for k in ("accuracy", "macro_f1")}
     if len(test.modalities) > 1 and getattr(res["model"], "encoders", None) is not None and \
             len(res["model"].encoders) == len(test.modalities):  # multimodal: each sensor switched off in turn
-        out["without"] = {m: evaluate(res["model"], test, drop=(m,))["accuracy"] for m in test.modalities}
+        out["without"] = accuracy_without(res["model"], test)
     return {"val": {k: res["val"][k] for k in ("accuracy", "macro_f1")},
             "test": out, "best_epoch": res["best_epoch"],
             "seconds": res["seconds"], "labeled": len(lab),

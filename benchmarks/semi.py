@@ -35,7 +35,7 @@ import torch
 from benchmarks.accuracy import _quality, _stage1, budget, labeled_sets, out_steps_for, prepare_dataset
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
-from shared.training import Stage1Config, Stage2Config, evaluate, finetune, load_encoder_bundle
+from shared.training import Stage1Config, Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
 
 BASE_NAME = "labels only"
 PSEUDO = {"unlabeled_weight": 1.0}
@@ -63,7 +63,7 @@ def _slug(name: str) -> str:
 
 def _scores(model: torch.nn.Module, ds: Any) -> Dict[str, Any]:
     full = evaluate(model, ds)
-    off = {m: evaluate(model, ds, drop=(m,))["accuracy"] for m in ds.modalities}
+    off = accuracy_without(model, ds)
     return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"], "without": off,
             "subsets": float(np.mean([full["accuracy"]] + list(off.values())))}
 

@@ -15,7 +15,7 @@ from shared.files import write_json
 from shared.models.bundle import load_encoder_bundle
 from shared.contract import ENCODERS
 from shared.training.stage1 import build_encoders
-from shared.training.stage2 import Stage2Config, evaluate, finetune
+from shared.training.stage2 import Stage2Config, accuracy_without, evaluate, finetune
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,19 @@ def load_split(folder: str, name: str, required: bool = True) -> Optional[Multim
     return MultimodalDataset.load(path)
 
 
+def raw_windows_dataset(manifest: Dict[str, Any], raw: Dict[str, np.ndarray], where: str) -> MultimodalDataset:
+    """Unlabeled raw windows ``modality -> [N, T, C]`` as a dataset of the manifest's schema; a
+    ``DataError`` naming ``where`` and the model when they do not fit it."""
+    n = len(next(iter(raw.values())))
+    try:
+        ds = make_dataset(raw, schema_specs(manifest), np.full(n, -1, np.int64), np.zeros(n, np.int64),
+                          list(manifest["classes"]), name=where)
+        check_compatible(manifest, ds, where=where)
+    except (DataError, KeyError) as e:
+        raise DataError("{} do not fit {} v{}: {}".format(where, manifest["name"], manifest["version"], e)) from None
+    return ds
+
+
 def unlabeled_windows(manifest: Dict[str, Any], labels_dir: str,
                       extra: Optional[Dict[str, np.ndarray]] = None) -> Optional[MultimodalDataset]:
     """The raw windows without labels that stage 2 may learn from: ``labels_dir/unlabeled`` (its labels, if
@@ -39,16 +52,8 @@ def unlabeled_windows(manifest: Dict[str, Any], labels_dir: str,
     if ds is not None:
         check_compatible(manifest, ds, where=os.path.join(labels_dir, "unlabeled.npz"))
         parts.append(ds)
-    n = len(next(iter(extra.values()))) if extra else 0
-    if n:
-        assert extra is not None
-        try:
-            own = make_dataset(extra, schema_specs(manifest), np.full(n, -1, np.int64), np.zeros(n, np.int64),
-                               list(manifest["classes"]), name="device windows")
-            check_compatible(manifest, own, where="this device's stored windows")
-        except (DataError, KeyError) as e:
-            raise DataError("this device's stored windows do not fit the model: {}".format(e)) from None
-        parts.append(own)
+    if extra and len(next(iter(extra.values()))):
+        parts.append(raw_windows_dataset(manifest, extra, "this device's stored windows"))
     if not parts:
         return None
     x = {m: np.concatenate([p.x[m] for p in parts]).astype(np.float32) for m in parts[0].x}
@@ -104,8 +109,7 @@ def run_finetune(model_dir: str, labels_dir: str, out_dir: str, config: Stage2Co
     if "test" in splits:
         metrics["test"] = evaluate(res["model"], splits["test"])
         if len(splits["test"].modalities) > 1:  # graceful sensor loss: each modality switched off in turn
-            metrics["test_without"] = {m: evaluate(res["model"], splits["test"], drop=(m,))["accuracy"]
-                                       for m in splits["test"].modalities}
+            metrics["test_without"] = accuracy_without(res["model"], splits["test"])
     os.makedirs(out_dir, exist_ok=True)
     save_torch_atomic({"format": "cosmo-har/finetuned", "state_dict": res["model"].state_dict(),
                        "config": config_dict(config), "manifest_version": manifest["version"],

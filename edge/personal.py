@@ -148,15 +148,14 @@ def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]
     "folder", "windows", "val_accuracy", "onnx_val_accuracy", ...}``; the serving model is untouched unless
     ``adapted``."""
     from shared.config import config_dict
-    from shared.data.dataset import make_dataset
-    from shared.manifest import check_compatible, read_manifest, schema_normalizer, schema_specs
+    from shared.manifest import check_compatible, read_manifest, schema_normalizer
     from shared.models.finetuned import load_finetuned
     from shared.training.adapt import adapt
     from shared.training.common import save_torch_atomic
     from shared.training.stage2 import evaluate
 
     from .export import export_finetuned
-    from .finetune import load_split
+    from .finetune import load_split, raw_windows_dataset
     import torch
 
     serving = agent.state().get("serving")
@@ -164,15 +163,9 @@ def personalize(agent: Any, config: Any, windows: Optional[Dict[str, np.ndarray]
         raise CosmoError("nothing is serving in {}: personalize adapts the installed model".format(agent.state_dir))
     base = base_folder(serving["path"])
     man = read_manifest(base)
-    specs = schema_specs(man)
     raw = windows if windows is not None else read_user_windows(agent.state_dir)
     n = len(next(iter(raw.values())))
-    try:
-        user = make_dataset(raw, specs, np.full(n, -1, np.int64), np.zeros(n, np.int64), list(man["classes"]),
-                            name="user")
-        check_compatible(man, user, where="the stored user windows")
-    except (DataError, KeyError) as e:
-        raise DataError("the stored user windows do not fit {} v{}: {}".format(man["name"], man["version"], e)) from None
+    user = raw_windows_dataset(man, raw, "the stored user windows")
     norm = schema_normalizer(man)
     val = load_split(agent.labels_dir, "val")
     assert val is not None

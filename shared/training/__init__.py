@@ -3,8 +3,8 @@ from .common import pick_device, seed_everything
 from ..config import config_from_dict, load_config
 from ..metrics import accuracy_f1
 from .stage1 import Stage1Config, Stage1Model, build_encoders, load_encoder_bundle, pretrain
-from .stage2 import Stage2Config, build_model, evaluate, finetune, phase_of, predict
+from .stage2 import Stage2Config, accuracy_without, build_model, evaluate, finetune, phase_of, predict
 
 __all__ = ["accuracy_f1", "config_from_dict", "load_config", "pick_device", "seed_everything",
            "Stage1Config", "Stage1Model", "build_encoders", "load_encoder_bundle", "pretrain",
-           "Stage2Config", "build_model", "evaluate", "finetune", "phase_of", "predict"]
+           "Stage2Config", "accuracy_without", "build_model", "evaluate", "finetune", "phase_of", "predict"]

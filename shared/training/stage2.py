@@ -106,6 +106,12 @@ def evaluate(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.de
     return m
 
 
+def accuracy_without(model: CosmoModel, ds: MultimodalDataset, device: Optional[torch.device] = None
+                     ) -> Dict[str, float]:
+    """Accuracy on ``ds`` with each modality switched off in turn (zeroed and masked, as serving does)."""
+    return {m: float(evaluate(model, ds, device, drop=(m,))["accuracy"]) for m in ds.modalities}
+
+
 def _with_unlabeled(model: nn.Module, xs: List[torch.Tensor], present: Optional[torch.Tensor], y: torch.Tensor,
                     xu_all: List[torch.Tensor], strong: Augment, config: Stage2Config,
                     rng: np.random.RandomState) -> Any:
@@ -198,7 +204,7 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
                 loss, frac = _with_unlabeled(model, xs, present, y_all[idx], xu_all, strong, config, rng)
                 used.append(frac)
             else:
-                logits, _ = model(xs, present) if present is not None else model(xs)
+                logits, _ = model(xs, present)
                 loss = F.cross_entropy(logits, y_all[idx])
             for o in opts:
                 o.zero_grad()
@@ -213,8 +219,7 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
             history[-1]["pseudo_labeled"] = float(np.mean(used))
         score = vm["accuracy"]
         if config.selection == "subsets" and len(val.modalities) > 1:
-            score = float(np.mean([score] + [evaluate(model, val, device, drop=(m,))["accuracy"]
-                                             for m in val.modalities]))
+            score = float(np.mean([score] + list(accuracy_without(model, val, device).values())))
             history[-1]["val_accuracy_subsets"] = score
         if score > best["acc"] or (score == best["acc"] and vm["loss"] < best["loss"]):
             best = {"acc": score, "loss": vm["loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
