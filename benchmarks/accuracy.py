@@ -225,22 +225,50 @@ def budget(cfg: Stage2Config, labeled: int, max_steps: int) -> Stage2Config:
     return replace(cfg, epochs=epochs, t_iter=max(1, min(cfg.t_iter, epochs // 4)))
 
 
-def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
-                lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
-                cfg: Stage2Config, unl: Optional[MultimodalDataset] = None) -> Dict[str, Any]:
-    """One method's stage 2 / supervised run, scored on ``test``; ``unl``: the unlabeled pool, which the
-    stage-2 configurations that learn from unlabeled windows (``unlabeled_weight`` > 0) draw from."""
+def train_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
+                 lab: MultimodalDataset, val: MultimodalDataset, cfg: Stage2Config,
+                 unl: Optional[MultimodalDataset] = None) -> Dict[str, Any]:
+    """One method's stage 2 / supervised run (``finetune``'s or ``train_baseline``'s result, the model
+    included); ``unl``: the unlabeled pool, which the stage-2 configurations that learn from unlabeled
+    windows (``unlabeled_weight`` > 0) draw from."""
     if key in STAGE1:
         assert enc_path is not None
         cfg = replace(cfg, **STAGE2[key])
-        res = finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
-    elif key in PRETRAINED:  # what train_baseline does, with the pretrained encoders cached once per seed
+        return finetune(load_encoder_bundle(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
+    if key in PRETRAINED:  # what train_baseline does, with the pretrained encoders cached once per seed
         assert enc_path is not None
         cfg = replace(cfg, **kw.get("stage2", {}))
-        res = finetune(_load_modules(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
+        return finetune(_load_modules(enc_path), lab, val, cfg, quality=q, progress=False, unlabeled=unl)
+    return train_baseline(key, lab, val, cfg, progress=False, **kw)
+
+
+def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Optional[List[float]],
+                lab: MultimodalDataset, val: MultimodalDataset, test: MultimodalDataset,
+                cfg: Stage2Config, unl: Optional[MultimodalDataset] = None) -> Dict[str, Any]:
+    """``train_method``, scored on ``test``."""
+    return _result(train_method(key, kw, enc_path, q, lab, val, cfg, unl), test, lab)
+
+
+def pretrained(key: str, root: str, unl: MultimodalDataset, num_classes: int, epochs: int, seed: int,
+               reuse_only: bool = False) -> Tuple[str, List[float]]:
+    """The pretrained encoders of ``key`` (``"cosmo"``, ``"cosmo_paper"``, ``"cmc"``, ``"cpc"``) for one
+    seed, in this benchmark's layout under ``root`` (``OUT/DATASET/seedN``): their path and quality scores
+    ``q``, pretrained on ``unl`` for ``epochs`` and scored unless cached there. ``reuse_only``: a missing
+    file is a one-line error instead (another study reusing this run's encoders)."""
+    sub = {"cosmo": "stage1", "cosmo_paper": "stage1_paper"}.get(key, key)
+    enc = os.path.join(root, sub, "encoders.pt")
+    if reuse_only and not os.path.isfile(enc):
+        raise SystemExit("--stage1-from: {} not found (run benchmarks.accuracy for that seed first)".format(enc))
+    os.makedirs(os.path.dirname(enc), exist_ok=True)
+    if key in STAGE1:
+        cfg = Stage1Config(**dict(STAGE1[key], epochs=epochs, seed=seed, out_steps=out_steps_for(unl)))
+        cached_json(os.path.join(root, sub, "summary.json"), partial(_stage1, unl, cfg, os.path.dirname(enc)))
+        load = load_encoder_bundle  # type: Any
     else:
-        res = train_baseline(key, lab, val, cfg, progress=False, **kw)
-    return _result(res, test, lab)
+        cached_json(os.path.join(root, sub, "summary.json"), partial(_pretrain_baseline, key, unl, epochs, seed, enc))
+        load = _load_modules
+    q = cached_json(os.path.join(root, sub, "quality.json"), lambda: _quality(load(enc), unl, num_classes, seed))
+    return enc, q["q"]
 
 
 def main(argv: Any = None) -> int:

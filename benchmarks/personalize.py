@@ -2,20 +2,24 @@
 (time order, labels unseen), score on the second half only; settings chosen on the validation users,
 applied unchanged to the test users; the same step applied to the best baseline.
 
-For every seed (HAPT, subject-wise split seed 0, ``--label-rate`` labels sampled with that seed; paired by
-seed across methods): **Cosmo** is stage 2 on the shipped stage-1 encoders (``--model``, the demo's
-pulled version by default) and the **baseline** (``--baseline``, CMC by default: the best at 1 % labels in
-the suite) is trained on the same labels; both select their epoch on validation. Then for every
-validation and test subject, every candidate ``AdaptConfig`` of the grid (BatchNorm mixing 0.25 / 0.5 /
-1.0, with and without 5 epochs of confident self-training, with and without the confidence gate; and
-self-training alone) adapts on the subject's first half and is scored on its second half against the
-unadapted model. The candidate with the best mean gain over (validation subject, seed) pairs is chosen per
-method, "no adaptation" when none gains. Reported for the test subjects: the per-subject gain (mean over
-seeds) with its 95 % interval and how many subjects improved or worsened, and second-half accuracy
-mean ± std over seeds with paired differences. Trained models are cached in ``--work`` (reruns resume).
-Writes ``personalize.json``, ``personalize.md`` and ``personalize.png`` into ``--out``.
+The methods (``--methods``, by the accuracy table's names; default: **Cosmo-HAR**, the best baseline at
+1 % labels **CPC**, and **CPC + pseudo-labels**, CPC's encoders with Cosmo-HAR's stage 2) are trained
+exactly as ``benchmarks/accuracy.py`` trains them: HAPT, subject-wise split seed 0, per seed the same
+labeled windows (``--setting``), unlabeled pool, stage-2 budget and epoch chosen on validation.
+``--stage1-from`` reuses an accuracy run's pretrained encoders (the same seeds then give the same models:
+each row records the accuracy run's test cell next to its own); without it, pretraining runs into
+``--work``. Then for every validation and test subject, every candidate ``AdaptConfig`` of the grid
+(BatchNorm mixing 0.25 / 0.5 / 1.0, with and without 5 epochs of confident self-training, with and without
+the confidence gate; and self-training alone) adapts on the subject's first half and is scored on its
+second half against the unadapted model. The candidate with the best mean gain over (validation subject,
+seed) pairs is chosen per method, "no adaptation" when none gains. Reported for the test subjects: the
+per-subject gain (mean over seeds) with its 95 % interval and how many subjects improved or worsened, and
+second-half accuracy mean ± std over seeds with paired differences to the first method. Trained models
+and scores are cached in ``--work`` (reruns resume). Writes ``personalize.json``, ``personalize.md`` and
+``personalize.png`` into ``--out``.
 
-    python -m benchmarks.personalize --seeds 0 1 2 3 4 --out docs/benchmarks/personalize
+    python -m benchmarks.personalize --stage1-from results/acc6 --seeds 0 1 2 3 4 --s2-epochs 250 \
+        --s2-max-steps 1250 --out docs/benchmarks/personalize
 """
 import argparse
 import itertools
@@ -23,19 +27,23 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from dataclasses import replace
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
 
-from benchmarks.report import mean_std, paired, write_report
+from benchmarks.accuracy import (OURS, CPC_SEMI, PRETRAINED, SETTINGS, STAGE1, _slug, budget, labeled_sets, methods_for,
+                                 prepare_dataset, pretrained, train_method)
+from benchmarks.report import add_study_flags, mean_std, paired, write_report
+from shared.files import cached_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
 GRID = ([{"bn_mix": b, "self_train_epochs": e, "gate": g} for b, e, g in
          itertools.product((0.25, 0.5, 1.0), (0, 5), ("none", "confidence"))]
         + [{"bn_mix": 0.0, "self_train_epochs": 5, "gate": g} for g in ("none", "confidence")])
 NONE = "none"  # the "no adaptation" choice
+DEFAULT_METHODS = [OURS, "CPC", CPC_SEMI]
 
 
 def key(c: Dict[str, Any]) -> str:
@@ -49,31 +57,14 @@ def halves(ds: Any, subject: int) -> Tuple[Any, Any]:
     return ds.subset(idx[:k]), ds.subset(idx[k:])
 
 
-def train(method: str, a: Any, prep: Any, seed: int, q: List[float], path: str) -> torch.nn.Module:
-    from shared.baselines import train_baseline
-    from shared.training import Stage2Config, finetune, load_encoder_bundle
-    if os.path.isfile(path):
-        return torch.load(path, map_location="cpu", weights_only=False)
-    lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
-    cfg = Stage2Config(seed=seed, epochs=a.epochs, device="cpu", **(a.stage2 or {}))
-    if method == "cosmo":
-        res = finetune(load_encoder_bundle(os.path.join(a.model, "encoders.pt")), lab, val, cfg, quality=q,
-                       progress=False)
-    else:
-        res = train_baseline(a.baseline, lab, val, cfg, unlabeled=prep.norm(prep.unlabeled),
-                             pretrain_config={"epochs": a.pretrain_epochs, "seed": seed} if a.baseline in ("cmc", "cpc")
-                             else None)
-    torch.save(res["model"], path)
-    return res["model"]
-
-
-def score_subjects(model: torch.nn.Module, ds: Any, subjects: List[int]) -> Dict[str, Any]:
-    """Per subject: second-half accuracy unadapted and after each candidate adapted on the first half."""
+def score_subjects(model: torch.nn.Module, ds: Any) -> Dict[str, Any]:
+    """Per subject of ``ds``: second-half accuracy unadapted and after each candidate adapted on the first
+    half."""
     from shared.hparams import AdaptConfig
     from shared.training.adapt import adapt
     from shared.training import evaluate
     out = {}
-    for s in subjects:
+    for s in np.unique(ds.subjects).tolist():
         first, second = halves(ds, s)
         row = {"windows": [len(first), len(second)], NONE: evaluate(model, second)["accuracy"]}
         for c in GRID:
@@ -83,40 +74,62 @@ def score_subjects(model: torch.nn.Module, ds: Any, subjects: List[int]) -> Dict
     return out
 
 
-def run(a: Any) -> Dict[str, Any]:
-    from shared.data import load_named
-    from shared.experiment import prepare
-    from shared.manifest import read_manifest
-    man = read_manifest(a.model)
-    q = list((man.get("quality") or {}).get("q") or [1.0] * len(man["input_schema"]))
-    ds = load_named(a.dataset)
+def run_method(disp: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
+    """One method of one seed: trained as the accuracy benchmark trains it (model cached), then every
+    validation and test subject scored unadapted and after each candidate (scores cached)."""
+    from shared.training import evaluate
+    train, val, test = data
+    path = os.path.join(a.work, "{}_{}_seed{}".format(_slug(disp), _slug(a.setting), seed))
+    if a.report_only and not os.path.isfile(path + ".json"):
+        raise SystemExit("--report-only: no cached run of {!r} seed {} in {} (run it without --report-only)".format(
+            disp, seed, a.work))
+
+    def score() -> Dict[str, Any]:
+        _, key_, kw = next(m for m in methods_for(train) if m[0] == disp)
+        all_labeled, unl = labeled_sets(train, "hapt", seed)
+        lab = train.subset(all_labeled[a.setting])
+        enc, q = None, None
+        if key_ in STAGE1 or key_ in PRETRAINED:
+            root = os.path.join(a.stage1_from or a.work, "hapt", "seed{}".format(seed))
+            enc, q = pretrained(key_, root, unl, train.num_classes, a.s1_epochs, seed, reuse_only=bool(a.stage1_from))
+        t0 = time.time()
+        if os.path.isfile(path + ".pt"):
+            model = torch.load(path + ".pt", map_location="cpu", weights_only=False)
+        else:
+            from shared.training import Stage2Config
+            cfg = budget(replace(Stage2Config(epochs=a.s2_epochs, fusion="concat"), seed=seed), len(lab),
+                         a.s2_max_steps)
+            model = train_method(key_, kw, enc, q, lab, val, cfg, unl)["model"]
+            torch.save(model, path + ".pt")
+        r = {"method": disp, "seed": seed, "train_s": time.time() - t0, "labeled": len(lab),
+             "test_accuracy": evaluate(model, test)["accuracy"],
+             "val": score_subjects(model, val), "test": score_subjects(model, test)}
+        cell = os.path.join(a.stage1_from or "", "hapt", "seed{}".format(seed),
+                            "s2_{}_{}.json".format(_slug(a.setting), _slug(disp)))
+        if a.stage1_from and os.path.isfile(cell):
+            with open(cell) as f:
+                r["accuracy_run_test_accuracy"] = json.load(f)["test"]["accuracy"]
+        return r
+    return cached_json(path + ".json", score)
+
+
+def run(a: Any, data: Any) -> Dict[str, Any]:
+    from tqdm import tqdm
+    train, val, test = data
     os.makedirs(a.work, exist_ok=True)
-    methods = ["cosmo", a.baseline]
     rows = {}  # type: Dict[str, Dict[str, Any]]
-    for seed in a.seeds:
-        prep = prepare(ds, label_rate=a.label_rate, seed=seed, split_seed=0)
-        val, test = prep.norm(prep.split.val), prep.norm(prep.split.test)
-        for m in methods:
-            cache = os.path.join(a.work, "{}_{}_seed{}.json".format(m, a.label_rate, seed))
-            if os.path.isfile(cache):
-                with open(cache) as f:
-                    rows["{}/{}".format(m, seed)] = json.load(f)
-                continue
-            t0 = time.time()
-            model = train(m, a, prep, seed, q, os.path.join(a.work, "{}_{}_seed{}.pt".format(m, a.label_rate, seed)))
-            r = {"method": m, "seed": seed, "train_s": time.time() - t0,
-                 "val": score_subjects(model, val, prep.split.val_subjects),
-                 "test": score_subjects(model, test, prep.split.test_subjects)}
-            with open(cache, "w") as f:
-                json.dump(r, f)
-            rows["{}/{}".format(m, seed)] = r
-            print("{} seed {}: trained and scored in {:.0f} s".format(m, seed, time.time() - t0), flush=True)
-    return {"rows": rows, "methods": methods, "grid": GRID, "seeds": a.seeds, "label_rate": a.label_rate,
-            "dataset": a.dataset}
+    with tqdm(total=len(a.methods) * len(a.seeds), desc="personalize", unit="run", disable=a.report_only) as bar:
+        for seed in a.seeds:
+            for m in a.methods:
+                bar.set_postfix_str("{} seed {}".format(m, seed))
+                rows["{}/{}".format(m, seed)] = run_method(m, seed, (train, val, test), a)
+                bar.update(1)
+    return {"rows": rows, "methods": a.methods, "grid": GRID, "seeds": a.seeds, "setting": a.setting,
+            "dataset": "hapt", "val_subjects": len(np.unique(val.subjects))}
 
 
 def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
-    out = {}
+    out = {}  # type: Dict[str, Any]
     for m in r["methods"]:
         rs = [r["rows"]["{}/{}".format(m, s)] for s in r["seeds"]]
         cands = [key(c) for c in r["grid"]]
@@ -133,50 +146,60 @@ def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
         out[m] = {"val_gain_points": {c: 100 * v for c, v in val_gain.items()}, "chosen": chosen,
                   "per_subject_gain": per_subject, "subject_gain": paired(zero, gains),
                   "improved": sum(g > 0 for g in gains), "worsened": sum(g < 0 for g in gains),
+                  "test_accuracy": mean_std([100 * x["test_accuracy"] for x in rs]),
+                  "accuracy_run_test_accuracy": [100 * x["accuracy_run_test_accuracy"] for x in rs
+                                                 if "accuracy_run_test_accuracy" in x],
                   "second_half_accuracy": {"unadapted": mean_std(before), "personalized": mean_std(after),
                                            "gain": paired(before, after), "per_seed": [before, after]}}
-    base = r["methods"][1]
-    out["cosmo_minus_baseline"] = {
-        k: paired(out[base]["second_half_accuracy"]["per_seed"][i], out["cosmo"]["second_half_accuracy"]["per_seed"][i])
-        for i, k in enumerate(("unadapted", "personalized"))}
+    first = r["methods"][0]
+    out["first_minus_others"] = {
+        m: {k: paired(out[m]["second_half_accuracy"]["per_seed"][i], out[first]["second_half_accuracy"]["per_seed"][i])
+            for i, k in enumerate(("unadapted", "personalized"))} for m in r["methods"][1:]}
     return out
 
 
+def _ci(d: Dict[str, float]) -> str:
+    return "{:+.1f} [{:+.1f}, {:+.1f}]".format(d["mean"], d["ci_low"], d["ci_high"])
+
+
 def markdown(r: Dict[str, Any]) -> str:
-    s = r["summary"]
-    lines = ["# On-device personalization ({}, {:g} % labels, {} seeds paired)".format(
-                 r.get("dataset", "hapt"), 100 * r["label_rate"], len(r["seeds"])), "",
-             "`{}`, {}. Adapt on the first half of each subject's windows (time order, labels unseen), score the "
-             "second half; settings chosen on the {} validation subjects (pooled over seeds), applied unchanged to "
-             "the test subjects.".format(r["command"], r["date"], r["val_subjects"]), "",
+    s, ms = r["summary"], r["methods"]
+    lines = ["# On-device personalization (HAPT, {} labels, {} seeds paired)".format(r["setting"], len(r["seeds"])), "",
+             "`{}`, {}. Each method trained as `benchmarks/accuracy.py` trains it (same labels, pool, budget and "
+             "validation-based epoch per seed). Adapt on the first half of each subject's windows (time order, labels "
+             "unseen), score the second half; settings chosen on the {} validation subjects (pooled over seeds), "
+             "applied unchanged to the test subjects.".format(r["command"], r["date"], r["val_subjects"]), "",
              "| method | chosen on validation | test second halves: unadapted | personalized | gain (95 % CI) | "
-             "per-subject gain (95 % CI) | subjects improved / worsened |", "|---|---|---|---|---|---|---|"]
-    for m in r["methods"]:
+             "per-subject gain (95 % CI) | subjects improved / worsened | whole test set, unadapted |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in ms:
         t = s[m]
-        acc, g, sg = t["second_half_accuracy"], t["second_half_accuracy"]["gain"], t["subject_gain"]
-        lines.append("| {} | {} | {:.1f} ± {:.1f} | {:.1f} ± {:.1f} | {:+.1f} [{:+.1f}, {:+.1f}] | {:+.1f} [{:+.1f}, "
-                     "{:+.1f}] | {} / {} of {} |".format(
-                         "Cosmo" if m == "cosmo" else m.upper(), t["chosen"], acc["unadapted"]["mean"],
-                         acc["unadapted"]["std"], acc["personalized"]["mean"], acc["personalized"]["std"], g["mean"],
-                         g["ci_low"], g["ci_high"], sg["mean"], sg["ci_low"], sg["ci_high"], t["improved"],
-                         t["worsened"], len(t["per_subject_gain"])))
-    d = s["cosmo_minus_baseline"]
-    lines += ["", "Cosmo − {} on the same second halves, paired by seed: unadapted {:+.1f} [{:+.1f}, {:+.1f}], "
-              "personalized {:+.1f} [{:+.1f}, {:+.1f}] points.".format(
-                  r["methods"][1].upper(), d["unadapted"]["mean"], d["unadapted"]["ci_low"], d["unadapted"]["ci_high"],
-                  d["personalized"]["mean"], d["personalized"]["ci_low"], d["personalized"]["ci_high"]), "",
-              "Validation gain of every candidate (points, mean over validation subject × seed):", "",
-              "| candidate | " + " | ".join("Cosmo" if m == "cosmo" else m.upper() for m in r["methods"]) + " |",
-              "|---|" + "---|" * len(r["methods"])]
-    for c in s[r["methods"][0]]["val_gain_points"]:
-        lines.append("| {} | ".format(c) + " | ".join("{:+.2f}".format(s[m]["val_gain_points"][c])
-                                                     for m in r["methods"]) + " |")
-    lines += ["", "Per test subject (gain in points, mean over seeds):", "",
-              "| subject | " + " | ".join("Cosmo" if m == "cosmo" else m.upper() for m in r["methods"]) + " |",
-              "|---|" + "---|" * len(r["methods"])]
-    for subj in s[r["methods"][0]]["per_subject_gain"]:
+        acc = t["second_half_accuracy"]
+        lines.append("| {} | {} | {:.1f} ± {:.1f} | {:.1f} ± {:.1f} | {} | {} | {} / {} of {} | {:.1f} ± {:.1f} |".format(
+            m, t["chosen"], acc["unadapted"]["mean"], acc["unadapted"]["std"], acc["personalized"]["mean"],
+            acc["personalized"]["std"], _ci(acc["gain"]), _ci(t["subject_gain"]), t["improved"], t["worsened"],
+            len(t["per_subject_gain"]), t["test_accuracy"]["mean"], t["test_accuracy"]["std"]))
+    lines.append("")
+    for m in ms[1:]:
+        d = s["first_minus_others"][m]
+        lines.append("{} − {} on the same second halves, paired by seed: unadapted {}, personalized {} points.".format(
+            ms[0], m, _ci(d["unadapted"]), _ci(d["personalized"])))
+    same = [m for m in ms if s[m]["accuracy_run_test_accuracy"]]
+    if same:
+        lines += ["", "Whole-test-set accuracy against the accuracy run's cell of the same seed (the same "
+                  "configuration, encoders and labels): " + "; ".join(
+                      "{} {}".format(m, ", ".join("{:.2f}/{:.2f}".format(x, y) for x, y in zip(
+                          [100 * r["rows"]["{}/{}".format(m, sd)]["test_accuracy"] for sd in r["seeds"]],
+                          s[m]["accuracy_run_test_accuracy"]))) for m in same) + "."]
+    lines += ["", "Validation gain of every candidate (points, mean over validation subject × seed):", "",
+              "| candidate | " + " | ".join(ms) + " |", "|---|" + "---|" * len(ms)]
+    for c in s[ms[0]]["val_gain_points"]:
+        lines.append("| {} | ".format(c) + " | ".join("{:+.2f}".format(s[m]["val_gain_points"][c]) for m in ms) + " |")
+    lines += ["", "Per test subject (gain in points of the chosen candidate, mean over seeds):", "",
+              "| subject | " + " | ".join(ms) + " |", "|---|" + "---|" * len(ms)]
+    for subj in s[ms[0]]["per_subject_gain"]:
         lines.append("| {} | ".format(subj) + " | ".join("{:+.1f}".format(s[m]["per_subject_gain"][subj])
-                                                        for m in r["methods"]) + " |")
+                                                        for m in ms) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,13 +207,14 @@ def plot(r: Dict[str, Any], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    s = r["summary"]
-    subjects = list(s[r["methods"][0]]["per_subject_gain"])
+    s, ms = r["summary"], r["methods"]
+    subjects = list(s[ms[0]]["per_subject_gain"])
     x = np.arange(len(subjects))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for k, m in enumerate(r["methods"]):
-        ax.bar(x + (k - 0.5) * 0.38, [s[m]["per_subject_gain"][j] for j in subjects], 0.38,
-               label="{} ({})".format("Cosmo" if m == "cosmo" else m.upper(), s[m]["chosen"]))
+    w = 0.8 / len(ms)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for k, m in enumerate(ms):
+        ax.bar(x + (k - (len(ms) - 1) / 2) * w, [s[m]["per_subject_gain"][j] for j in subjects], w,
+               label="{} ({})".format(m, s[m]["chosen"]))
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels(subjects)
@@ -204,29 +228,40 @@ def plot(r: Dict[str, Any], path: str) -> None:
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEMO_MODEL, help="a pulled version with encoders.pt (default: the demo's)")
-    ap.add_argument("--baseline", default="cmc", help="the baseline personalized the same way (default cmc)")
-    ap.add_argument("--dataset", default="hapt", help="the dataset --model was pretrained on (split seed 0)")
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                    help="by the accuracy table's names; the first is compared with the others (default: {})".format(
+                        ", ".join(DEFAULT_METHODS)))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--label-rate", type=float, default=0.01)
-    ap.add_argument("--epochs", type=int, default=100, help="stage-2 epochs, every method")
-    ap.add_argument("--pretrain-epochs", type=int, default=10, help="the baseline's pretraining epochs (CMC, CPC)")
+    ap.add_argument("--setting", default="1%", help="the label setting of benchmarks.accuracy (HAPT; default 1%%)")
+    ap.add_argument("--stage1-from", help="an accuracy run's --out whose pretrained encoders to reuse")
+    ap.add_argument("--s2-max-steps", type=int, default=1250, help="as benchmarks.accuracy --s2-max-steps")
     ap.add_argument("--work", default=os.path.join(ROOT, "results", "personalize"), help="cached models and scores")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "personalize"))
-    ap.add_argument("--stage2-json", default="{}", help="more Stage2Config fields for every method, as JSON")
+    add_study_flags(ap, "seeds 0 and 1, 2 pretraining and 6 stage-2 epochs: a smoke run")
     a = ap.parse_args(argv)
-    a.stage2 = json.loads(a.stage2_json)
-    if not os.path.isfile(os.path.join(a.model, "encoders.pt")):
-        print("personalize: --model {}: no encoders.pt; run `bash scripts/demo.sh` first or pass --model".format(
-            a.model), file=sys.stderr)
-        return 2
+    if a.quick:
+        a.seeds, a.s1_epochs, a.s2_epochs = [0, 1], 2, 6
     if len(a.seeds) < 2:
         print("personalize: --seeds: at least 2 (paired intervals)", file=sys.stderr)
         return 2
+    data = prepare_dataset("hapt")[:3]
+    train = data[0]
+    known = [m[0] for m in methods_for(train)]
+    bad = [m for m in a.methods if m not in known]
+    if bad:
+        print("personalize: --methods: unknown {} (known: {})".format(", ".join(bad), ", ".join(known)), file=sys.stderr)
+        return 2
+    settings = [n for n, _, _ in SETTINGS["hapt"]]
+    if a.setting not in settings:
+        print("personalize: --setting: unknown {!r} (known: {})".format(a.setting, ", ".join(settings)), file=sys.stderr)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    r = run(a)
+    r = run(a, data)
+    if a.no_report:
+        return 0
     r["summary"] = summarize(r)
-    r["val_subjects"] = len(next(iter(r["rows"].values()))["val"])
     r["command"] = "python -m benchmarks.personalize " + " ".join(argv if argv is not None else sys.argv[1:])
     r["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     write_report(a.out, "personalize", r, markdown, plot)

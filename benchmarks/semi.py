@@ -26,16 +26,15 @@ import os
 import sys
 import time
 from collections import OrderedDict
-from functools import partial
 from typing import Any, Dict, List
 
 import numpy as np
 import torch
 
-from benchmarks.accuracy import _quality, _stage1, budget, labeled_sets, out_steps_for, prepare_dataset
+from benchmarks.accuracy import budget, labeled_sets, prepare_dataset, pretrained
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
-from shared.training import Stage1Config, Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
+from shared.training import Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
 
 BASE_NAME = "labels only"
 PSEUDO = {"unlabeled_weight": 1.0}
@@ -77,14 +76,8 @@ def run_candidate(name: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
             name, seed, a.out))
     all_labeled, unl = labeled_sets(train, "hapt", seed)
     lab = train.subset(all_labeled["1%"])
-    s1dir = os.path.join(a.stage1_from or a.out, "hapt", "seed{}".format(seed), "stage1")  # accuracy's layout
-    enc = os.path.join(s1dir, "encoders.pt")
-    if a.stage1_from and not os.path.isfile(enc):
-        raise SystemExit("--stage1-from: {} not found (run benchmarks.accuracy for seed {} first)".format(enc, seed))
-    s1cfg = Stage1Config(epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl))
-    cached_json(os.path.join(s1dir, "summary.json"), partial(_stage1, unl, s1cfg, s1dir))
-    q = cached_json(os.path.join(s1dir, "quality.json"),
-                    lambda: _quality(load_encoder_bundle(enc), unl, train.num_classes, seed))["q"]
+    root = os.path.join(a.stage1_from or a.out, "hapt", "seed{}".format(seed))  # accuracy's layout
+    enc, q = pretrained("cosmo", root, unl, train.num_classes, a.s1_epochs, seed, reuse_only=bool(a.stage1_from))
     b = stage2_budget(name, a.s2_epochs, a.s2_max_steps)
     cfg = budget(Stage2Config(**dict(CANDIDATES[name], epochs=b["epochs"], fusion="concat", seed=seed)),
                  len(lab), b["max_steps"])

@@ -1,28 +1,46 @@
-"""Smoke test of benchmarks/personalize.py on a small synthetic pretrain: both methods are trained per
-seed, every candidate adapts on each subject's first half and is scored on its second half, the choice is
-made on validation subjects only, and the report is written."""
+"""Smoke test of benchmarks/personalize.py on a tiny synthetic data set: each method is trained per seed as
+the accuracy benchmark trains it, every candidate adapts on each subject's first half and is scored on its
+second half, the choice is made on validation subjects only, the report is written, and cached runs are
+read back (--report-only trains nothing)."""
 import json
+import os
 
-from tests.bench import load_benchmark
-from tests.util import synthetic_pretrain
+import pytest
+
+from tests.bench import load_benchmark, synthetic_hapt_like
 
 
-def test_personalize_benchmark_small(tmp_path):
-    out = synthetic_pretrain(tmp_path, epochs=1, extra=["--no-onnx"])
-    bench = load_benchmark("personalize")
-    rep = tmp_path / "rep"
-    args = ["--model", str(out), "--dataset", str(tmp_path / "syn.npz"), "--baseline", "attnsense", "--seeds", "0",
-            "1", "--epochs", "2", "--label-rate", "0.2", "--work", str(tmp_path / "work"), "--out", str(rep),
-            "--stage2-json", '{"gru_hidden": 16, "mlp_hidden": 16}']
+@pytest.fixture()
+def bench(monkeypatch):
+    pytest.importorskip("matplotlib")
+    mod = load_benchmark("personalize")
+    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(80))
+    return mod
+
+
+def test_personalize_benchmark_small(bench, tmp_path):
+    rep, work = tmp_path / "rep", tmp_path / "work"
+    args = ["--methods", "Cosmo-HAR", "AttnSense", "--seeds", "0", "1", "--s1-epochs", "1", "--s2-epochs", "2",
+            "--threads", "1", "--work", str(work), "--out", str(rep)]
+    with pytest.raises(SystemExit, match="--report-only: no cached run of 'Cosmo-HAR' seed 0"):
+        bench.main(args + ["--report-only"])
     assert bench.main(args) == 0
     r = json.loads((rep / "personalize.json").read_text())
-    assert r["methods"] == ["cosmo", "attnsense"] and len(r["rows"]) == 4
+    assert r["methods"] == ["Cosmo-HAR", "AttnSense"] and len(r["rows"]) == 4
     for m in r["methods"]:
         s = r["summary"][m]
         assert s["chosen"] == "none" or s["val_gain_points"][s["chosen"]] > 0  # chosen on validation only
         assert s["improved"] + s["worsened"] <= len(s["per_subject_gain"])
         row = r["rows"]["{}/0".format(m)]
         assert set(row["val"]).isdisjoint(row["test"])  # validation and test subjects never mix
+        for subj in row["test"].values():  # halves of one subject's windows, both scored or adapted on
+            assert abs(subj["windows"][0] - subj["windows"][1]) <= 1
+    assert "AttnSense" in r["summary"]["first_minus_others"]
     assert "per-subject gain" in (rep / "personalize.md").read_text() and (rep / "personalize.png").exists()
-    # cached: a second run reads the scores back
-    assert bench.main(args) == 0
+    # Cosmo-HAR's stage 1 in the accuracy run's layout, reusable with --stage1-from
+    assert os.path.isfile(work / "hapt" / "seed0" / "stage1" / "encoders.pt")
+    before = sorted(os.listdir(work))
+    assert bench.main(args + ["--report-only"]) == 0
+    assert sorted(os.listdir(work)) == before
+    assert bench.main(["--methods", "Nope", "--seeds", "0", "1"]) == 2
+    assert bench.main(["--setting", "3%", "--seeds", "0", "1"]) == 2
