@@ -48,11 +48,15 @@ CANDIDATES = OrderedDict([
 LONGER = 2.5  # "x2.5 steps": the stage-2 budget (epochs and step cap) times this
 for _t in (0.95, 0.8):
     CANDIDATES["pseudo {} + drop, x{} steps".format(_t, LONGER)] = dict(PSEUDO, threshold=_t, modality_dropout=0.3)
+# the weights averaged over steps (Stage2Config.ema) are scored and kept instead of the last ones
+for _t in (0.95, 0.8):
+    CANDIDATES["pseudo {} + drop, x{} steps, EMA 0.99".format(_t, LONGER)] = dict(
+        PSEUDO, threshold=_t, modality_dropout=0.3, ema=0.99)
 
 
 def stage2_budget(name: str, epochs: int, max_steps: int) -> Dict[str, int]:
     """The stage-2 ``epochs`` and step cap of candidate ``name`` given the run's."""
-    k = LONGER if name.endswith("steps") else 1.0
+    k = LONGER if "x{} steps".format(LONGER) in name else 1.0
     return {"epochs": int(round(k * epochs)), "max_steps": int(round(k * max_steps))}
 
 

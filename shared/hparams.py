@@ -116,6 +116,11 @@ class Stage2Config:
     the same window (``strong_time_warp``, ``strong_mask``, twice the jitter and scaling, and modality
     dropout as for labeled windows) is trained towards it with weight ``unlabeled_weight``
     (0: off, the default; labeled windows alone as before).
+
+    ``ema``: the decay of an exponential moving average of the weights (0: off, the default). When on,
+    the averaged model, not the live one, is scored on validation each epoch and kept (the live weights
+    keep training and making the pseudo-labels); the average warms up as ``min(ema, (1 + step) / (10 +
+    step))`` so its first epochs are not the starting weights.
     """
 
     epochs: int = 100
@@ -142,6 +147,7 @@ class Stage2Config:
     threshold: float = 0.95
     strong_time_warp: float = 0.2
     strong_mask: float = 0.0
+    ema: float = 0.0
     seed: int = 0
     device: str = "auto"
 
@@ -154,6 +160,8 @@ class Stage2Config:
         if self.strong_time_warp < 0 or not 0.0 <= self.strong_mask <= 0.9:
             raise ConfigError("stage2: fields 'strong_time_warp' >= 0 and 'strong_mask' in [0, 0.9], got {} and {}".format(
                 self.strong_time_warp, self.strong_mask))
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("stage2: field 'ema' must be in [0, 1), got {}".format(self.ema))
         if self.selection not in ("full", "subsets"):
             raise ConfigError("stage2: field 'selection' must be 'full' or 'subsets', got {!r}".format(self.selection))
         if not 0.0 <= self.modality_dropout < 1.0:

@@ -142,6 +142,28 @@ def _with_unlabeled(model: nn.Module, xs: List[torch.Tensor], present: Optional[
     return F.cross_entropy(logits[:n], y) + config.unlabeled_weight * loss_u, float(keep.mean())
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (``Stage2Config.ema``):
+    ``model`` is the averaged copy; ``update`` follows the live model after each optimizer step."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, live: nn.Module) -> None:
+        d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
+        self.steps += 1
+        for avg, cur in zip(self.model.state_dict().values(), live.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(cur.detach(), alpha=1.0 - d)
+            else:
+                avg.copy_(cur)
+
+
 def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: MultimodalDataset,
              config: Stage2Config, quality: Optional[Sequence[float]] = None, progress: bool = True,
              on_epoch: Optional[Callable[[Dict[str, Any], CosmoModel], None]] = None,
@@ -181,6 +203,8 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     xu_all = to_tensors(unlabeled, device=device) if use_u else None
     strong = Augment(jitter=2 * config.jitter, scale=2 * config.scale, time_warp=config.strong_time_warp,
                      mask=config.strong_mask)
+    avg = WeightAverage(model, config.ema) if config.ema > 0 else None
+    judged = avg.model if avg is not None else model  # the weights scored on validation and kept
     best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": None}  # type: Dict[str, Any]
     history = []
     t0 = time.time()
@@ -211,18 +235,20 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
             loss.backward()
             for o in opts:
                 o.step()
+            if avg is not None:
+                avg.update(model)
             losses.append(float(loss.detach()))
-        vm = evaluate(model, val, device)
+        vm = evaluate(judged, val, device)
         history.append({"epoch": epoch, "phase": phase, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                         "val_accuracy": vm["accuracy"], "val_loss": vm["loss"], "val_macro_f1": vm["macro_f1"]})
         if used:
             history[-1]["pseudo_labeled"] = float(np.mean(used))
         score = vm["accuracy"]
         if config.selection == "subsets" and len(val.modalities) > 1:
-            score = float(np.mean([score] + list(accuracy_without(model, val, device).values())))
+            score = float(np.mean([score] + list(accuracy_without(judged, val, device).values())))
             history[-1]["val_accuracy_subsets"] = score
         if score > best["acc"] or (score == best["acc"] and vm["loss"] < best["loss"]):
-            best = {"acc": score, "loss": vm["loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"acc": score, "loss": vm["loss"], "epoch": epoch, "state": copy.deepcopy(judged.state_dict())}
         if on_epoch is not None:
             on_epoch(history[-1], model)
         bar.set_postfix(phase=phase[:3], val="{:.3f}".format(score), best="{:.3f}".format(best["acc"]))

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -187,6 +189,44 @@ def test_stage2_with_unlabeled_windows_trains_and_reports_pseudo_labels(prep):
 
 def test_stage2_unlabeled_config_errors_name_the_field():
     for kw, field in (({"unlabeled_weight": -1}, "unlabeled_weight"), ({"threshold": 0}, "threshold"),
-                      ({"strong_mask": 0.95}, "strong_mask"), ({"unlabeled_batch": 0}, "unlabeled_batch")):
+                      ({"strong_mask": 0.95}, "strong_mask"), ({"unlabeled_batch": 0}, "unlabeled_batch"),
+                      ({"ema": 1.0}, "ema"), ({"ema": -0.1}, "ema")):
         with pytest.raises(ConfigError, match=field):
             config_from_dict(Stage2Config, kw)
+
+
+def test_weight_average_follows_the_live_weights_with_warm_up():
+    from shared.training.stage2 import WeightAverage
+    live = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(live, 0.9)
+    w0 = live[0].weight.detach().clone()
+    expect = w0.clone()
+    for step in range(30):
+        with torch.no_grad():
+            live[0].weight.add_(1.0)
+        live[1].num_batches_tracked += 1
+        avg.update(live)
+        d = min(0.9, (1.0 + step) / (10.0 + step))
+        expect = d * expect + (1 - d) * live[0].weight.detach()
+    assert torch.allclose(avg.model[0].weight, expect, atol=1e-5)
+    assert not torch.allclose(avg.model[0].weight, live[0].weight)  # lags the live weights...
+    assert 0 < float((live[0].weight - avg.model[0].weight).detach().mean()) < 10  # ...by about decay / (1 - decay) steps
+    assert int(avg.model[1].num_batches_tracked) == 30  # integer buffers are copied, not averaged
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+def test_stage2_with_weight_average_keeps_the_averaged_model_it_scored(prep):
+    lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
+    cfg = Stage2Config(epochs=6, t_iter=2, batch_size=4, device="cpu", ema=0.9, unlabeled_weight=1.0,
+                       unlabeled_batch=8, threshold=0.6)
+    torch.manual_seed(0)
+    res = finetune(_encoders(lab), lab, val, cfg, progress=False, unlabeled=prep.norm(prep.unlabeled))
+    torch.manual_seed(0)
+    plain = finetune(_encoders(lab), lab, val, replace(cfg, ema=0.0), progress=False,
+                     unlabeled=prep.norm(prep.unlabeled))
+    best = res["history"][res["best_epoch"]]
+    from shared.training import evaluate
+    assert evaluate(res["model"], val)["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert evaluate(res["model"], val)["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    # the same training run (same pseudo-labels and steps), another model scored: the curves differ
+    assert [h["val_loss"] for h in res["history"]] != [h["val_loss"] for h in plain["history"]]
