@@ -24,6 +24,12 @@ class Stage1Config:
     ``time_warp=0.2`` is on by default: ``benchmarks/augment.py`` (HAPT, 1 % labels, 3 seeds) chose it
     on the validation subjects among the four transforms, their combination and twice the epochs; the
     others stay off.
+
+    ``predictive``: the weight of a predictive-coding term added to the fusion loss (0: off, the
+    default): per modality, a GRU over the encoder's latent steps predicts the next
+    ``predictive_steps`` steps, contrasted against the other windows of the batch
+    (``shared.losses.PredictiveCodingLoss``, CPC's objective); the GRU and predictors are dropped after
+    stage 1, the encoders shipped are the same modules.
     """
 
     epochs: int = 20
@@ -49,6 +55,8 @@ class Stage1Config:
     time_warp: float = 0.2
     permute: int = 0
     mask: float = 0.0
+    predictive: float = 0.0
+    predictive_steps: int = 4
     seed: int = 0
     device: str = "auto"
 
@@ -76,6 +84,9 @@ class Stage1Config:
             v = getattr(self, name)
             if v < 0 or (hi is not None and v > hi):
                 raise ConfigError("stage1: field '{}' must be in [0, {}], got {}".format(name, hi or "inf", v))
+        if self.predictive < 0 or self.predictive_steps < 1:
+            raise ConfigError("stage1: fields 'predictive' >= 0 and 'predictive_steps' >= 1, got {} and {}".format(
+                self.predictive, self.predictive_steps))
         if self.permute < 0 or self.permute == 1:
             raise ConfigError("stage1: field 'permute' must be 0 (off) or >= 2 slices, got {}".format(self.permute))
 

@@ -32,7 +32,8 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
     assert not res["failures"]
     table = res["tables"]["synth"]
     assert table["methods"] == ["Cosmo-HAR", "Cosmo (paper)", "SingleModal (acc)", "SingleModal (gyro)",
-                                "DeepSense", "AttnSense", "CMC", "CPC", "CPC + pseudo-labels"]
+                                "DeepSense", "AttnSense", "CMC", "CPC", "CPC + pseudo-labels",
+                                "Cosmo-HAR + predictive coding"]
     for row in table["rows"]:
         for m in table["methods"]:
             assert len(row[m]["accuracy"]) == 1 and 0.0 <= row[m]["accuracy"][0] <= 1.0
@@ -44,6 +45,7 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
     assert "10%: test accuracy (%) with one sensor switched off" in report and "Cosmo-HAR: acc off" in report
+    assert "Stage-1 choice, validation accuracy" in report  # the stage-1 candidate is judged on validation
     # the 100 % setting labels every training window; the other settings' labels are held out of the pool
     pool = res["runs"]["pretrain|synth|cosmo|0"]["windows"]
     assert 0 < pool < table["rows"][1]["Cosmo-HAR"]["labeled"]

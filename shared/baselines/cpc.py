@@ -28,12 +28,12 @@ import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from dataclasses import dataclass
 from torch import nn
 
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError
+from ..losses import PredictiveCodingLoss
 from ..training.common import seed_everything
 from ..training.stage1 import build_encoders
 from .cmc import _check_unlabeled, run_pretraining
@@ -71,27 +71,16 @@ class CPCConfig:
 
 
 class CPCModel(nn.Module):
-    """One modality's CPC: ``encoder`` -> GRU -> ``K`` linear predictors; ``forward(x)`` -> InfoNCE loss."""
+    """One modality's CPC: ``encoder`` -> ``PredictiveCodingLoss`` (GRU + ``K`` linear predictors);
+    ``forward(x)`` -> InfoNCE loss."""
 
     def __init__(self, encoder: nn.Module, gru_hidden: int = 64, k_steps: int = 4) -> None:
         super().__init__()
         self.encoder = encoder
-        self.k_steps = max(1, min(k_steps, encoder.out_steps - 1))
-        self.gru = nn.GRU(encoder.out_features, gru_hidden, batch_first=True)
-        self.predictors = nn.ModuleList([nn.Linear(gru_hidden, encoder.out_features, bias=False)
-                                         for _ in range(self.k_steps)])
+        self.loss = PredictiveCodingLoss(encoder.out_features, encoder.out_steps, gru_hidden, k_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)  # [B, S, F]
-        c, _ = self.gru(z)  # [B, S, H]
-        b, s, _ = z.shape
-        target = torch.arange(b, device=z.device)
-        losses = []
-        for k, w in enumerate(self.predictors, start=1):
-            pred = w(c[:, :s - k])  # [B, S-k, F]
-            logits = torch.einsum("btf,ctf->tbc", pred, z[:, k:])  # [S-k, B, B]
-            losses.append(F.cross_entropy(logits.reshape(-1, b), target.repeat(s - k)))
-        return torch.stack(losses).mean()
+        return self.loss(self.encoder(x))
 
 
 class CPCModels(nn.Module):

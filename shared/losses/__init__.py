@@ -9,6 +9,7 @@ from .info_nce import SymmetricInfoNCE
 from .logits import LogitsLoss
 from .nst import NSTLoss
 from .pkt import PKTLoss
+from .predictive_coding import PredictiveCodingLoss
 from .rkd import RKDLoss
 from .similarity_preserving import SimilarityPreservingLoss
 from .soft_target import SoftTargetLoss
@@ -17,6 +18,6 @@ from .triplet import TripletLoss
 __all__ = [
     "ActivationBoundariesLoss", "AttentionTransferLoss", "CombinedAlignmentLoss", "ContrastiveFusionLoss",
     "CorrelationCongruenceLoss", "DISTILLATION_LOSSES", "FitNetsLoss", "FusionViews", "LogitsLoss", "NSTLoss",
-    "PKTLoss", "RKDLoss", "SimilarityPreservingLoss", "SoftTargetLoss", "SymmetricInfoNCE", "TripletLoss",
+    "PKTLoss", "PredictiveCodingLoss", "RKDLoss", "SimilarityPreservingLoss", "SoftTargetLoss", "SymmetricInfoNCE", "TripletLoss",
     "build_distillation_loss", "simplex_grid",
 ]

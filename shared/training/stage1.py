@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ..contract import ENCODERS  # noqa: F401  (re-exported)
 from ..models.bundle import encoder_bundle, load_encoder_bundle  # noqa: F401  (re-exported)
 from ..data.dataset import ModalitySpec, MultimodalDataset
 from ..errors import ConfigError, CosmoError, DataError
-from ..losses import ContrastiveFusionLoss, FusionViews
+from ..losses import ContrastiveFusionLoss, FusionViews, PredictiveCodingLoss
 from ..models.encoders import build_encoder
 from ..models.heads import ProjectionHead
 from .augment import Augment
@@ -55,22 +55,36 @@ def build_encoders(specs: Sequence[ModalitySpec], windows: Sequence[int], widths
 
 
 class Stage1Model(nn.Module):
-    """Encoders + projection heads. ``forward(xs)`` -> ``r [B, M, D]`` (unit-norm per modality)."""
+    """Encoders + projection heads. ``forward(xs)`` -> ``r [B, M, D]`` (unit-norm per modality).
+    ``predictive_steps`` > 0 adds a ``PredictiveCodingLoss`` per modality (``Stage1Config.predictive``),
+    which ``features`` evaluates on the same encoder outputs."""
 
-    def __init__(self, encoders: Sequence[nn.Module], proj_dim: int = 128, proj_hidden: int = 256) -> None:
+    def __init__(self, encoders: Sequence[nn.Module], proj_dim: int = 128, proj_hidden: int = 256,
+                 predictive_steps: int = 0, predictive_hidden: int = 64) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.heads = nn.ModuleList([ProjectionHead(e.feature_dim, proj_dim, proj_hidden) for e in encoders])
+        self.predictive = nn.ModuleList([PredictiveCodingLoss(e.out_features, e.out_steps, predictive_hidden,
+                                                              predictive_steps) for e in encoders]
+                                        ) if predictive_steps > 0 else None
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         return torch.stack([h(e(x)) for e, h, x in zip(self.encoders, self.heads, xs)], 1)
 
+    def features(self, xs: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(r [B, M, D], predictive loss)``: the loss is the mean over modalities, 0 without predictors."""
+        zs = [e(x) for e, x in zip(self.encoders, xs)]
+        r = torch.stack([h(z) for h, z in zip(self.heads, zs)], 1)
+        if self.predictive is None:
+            return r, r.new_zeros(())
+        return r, torch.stack([p(z) for p, z in zip(self.predictive, zs)]).mean()
+
 
 class Stage1Views(nn.Module):
-    """One rank's part of a stage-1 step (the module DDP wraps): windows ``xs`` -> views ``[B, P, D]``.
-
-    Each window is encoded ``input_views`` times (each copy with its own draw of ``aug``), and each
-    copy's features ``[B, M, D]`` are fused into ``P / input_views`` views by ``fusion``.
+    """One rank's part of a stage-1 step (the module DDP wraps): windows ``xs`` -> (views ``[B, P, D]``,
+    predictive loss). Each window is encoded ``input_views`` times (each copy with its own draw of
+    ``aug``), and each copy's features ``[B, M, D]`` are fused into ``P / input_views`` views by
+    ``fusion``; the predictive loss (0 when the model has none) is the mean over the copies.
     """
 
     def __init__(self, model: Stage1Model, fusion: FusionViews, input_views: int = 1,
@@ -79,9 +93,18 @@ class Stage1Views(nn.Module):
         self.model, self.fusion = model, fusion
         self.input_views, self.aug = input_views, aug
 
-    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        views = [self.fusion(self.model(self.aug(xs))) for _ in range(self.input_views)]
-        return torch.cat(views, 1)
+    def forward(self, xs: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        views, aux = [], []
+        for _ in range(self.input_views):
+            r, a = self.model.features(self.aug(xs))
+            views.append(self.fusion(r))
+            aux.append(a)
+        return torch.cat(views, 1), torch.stack(aux).mean()
+
+
+def _predictive_steps(config: Stage1Config) -> int:
+    """The ``predictive_steps`` of ``config``'s model: 0 (no predictors built) while its weight is 0."""
+    return config.predictive_steps if config.predictive > 0 else 0
 
 
 def stage1_augment(config: Stage1Config) -> Augment:
@@ -90,13 +113,18 @@ def stage1_augment(config: Stage1Config) -> Augment:
                    permute=config.permute, mask=config.mask)
 
 
-def stage1_loss(net: nn.Module, xs: List[torch.Tensor], criterion: ContrastiveFusionLoss) -> torch.Tensor:
+def stage1_loss(net: nn.Module, xs: List[torch.Tensor], criterion: ContrastiveFusionLoss,
+                predictive: float = 0.0) -> torch.Tensor:
     """The loss of one step: ``net`` (a ``Stage1Views``, DDP-wrapped or not) on this rank's windows;
-    when distributed the views of all ranks are gathered (with gradients, rank order) and the loss is
-    over the global batch, the same value on every rank. Under DDP's gradient averaging the parameter
-    gradients equal the single-process gradients on the global batch (see ``distributed``).
+    when distributed the views of all ranks are gathered (with gradients, rank order) and the fusion loss
+    is over the global batch, the same value on every rank. Under DDP's gradient averaging the parameter
+    gradients equal the single-process gradients on the global batch (see ``distributed``). Plus
+    ``predictive`` times the predictive-coding loss of this rank's windows (their negatives are this
+    rank's windows; DDP averages its gradients over the ranks).
     """
-    return criterion(gather_with_grad(net(xs)))
+    views, aux = net(xs)
+    loss = criterion(gather_with_grad(views))
+    return loss + predictive * aux if predictive > 0 else loss
 
 
 def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, resume: bool = True,
@@ -144,7 +172,7 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
     specs = list(unlabeled.specs.values())
     model = Stage1Model(build_encoders(specs, [a.shape[1] for a in unlabeled.x.values()], config.encoder_widths,
                                        config.encoder_dropout, config.out_steps),
-                        config.proj_dim, config.proj_hidden).to(device)
+                        config.proj_dim, config.proj_hidden, _predictive_steps(config)).to(device)
     if info.distributed:
         model = sync_batchnorm(model, device)  # type: ignore[assignment]
         log.info("stage 1: rank %d of %d (%s, %s), global batch %d = %d per rank, batch norm synchronized by %s",
@@ -206,7 +234,7 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
             if info.distributed:
                 idx = idx[lo:lo + per_rank]
             xs = [x[idx].to(device) for x in xs_all]
-            loss = stage1_loss(net, xs, criterion)
+            loss = stage1_loss(net, xs, criterion, config.predictive)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -247,7 +275,7 @@ def pretrain(unlabeled: MultimodalDataset, config: Stage1Config, out_dir: str, r
         trained = model
         model = Stage1Model(build_encoders(specs, [a.shape[1] for a in unlabeled.x.values()], config.encoder_widths,
                                            config.encoder_dropout, config.out_steps),
-                            config.proj_dim, config.proj_hidden)
+                            config.proj_dim, config.proj_hidden, _predictive_steps(config))
         model.load_state_dict({k: v.detach().cpu() for k, v in trained.state_dict().items()})
         model.train(trained.training)
     model.cpu()

@@ -67,7 +67,32 @@ def test_stage1_lowers_its_loss(prep, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_stage1_predictive_term_is_added_with_its_weight(prep, tmp_path):
+    from shared.losses import ContrastiveFusionLoss, FusionViews
+    from shared.training.augment import Augment
+    from shared.training.stage1 import Stage1Model, Stage1Views, stage1_loss
+    unl = prep.norm(prep.unlabeled)
+    torch.manual_seed(0)
+    model = Stage1Model(_encoders(unl), 16, 32, predictive_steps=2).eval()  # no dropout: deterministic
+    net = Stage1Views(model, FusionViews(4, "grid"), 1, Augment())
+    xs = [torch.from_numpy(a[:16]) for a in unl.x.values()]
+    crit = ContrastiveFusionLoss(0.07)
+    views, aux = net(xs)
+    assert float(aux) > 0 and len(model.predictive) == 2
+    assert float(stage1_loss(net, xs, crit, 0.5)) == pytest.approx(float(crit(views) + 0.5 * aux), rel=1e-5)
+    assert float(stage1_loss(net, xs, crit)) == pytest.approx(float(crit(views)), rel=1e-5)
+    # pretraining with the term: it falls, the shipped bundle holds the encoders alone
+    res = pretrain(unl, Stage1Config(**dict(S1, epochs=4, predictive=1.0, predictive_steps=2)), str(tmp_path),
+                   progress=False)
+    assert res["history"][-1]["loss"] < res["history"][0]["loss"]
+    encs = load_encoder_bundle(str(tmp_path / "encoders.pt"))
+    assert len(encs) == 2 and not any("predictive" in k for e in encs for k in e.state_dict())
+
+
 def test_stage1_config_errors_name_the_field(tmp_path, prep):
+    for kw, field in (({"predictive": -1.0}, "predictive"), ({"predictive_steps": 0}, "predictive_steps")):
+        with pytest.raises(ConfigError, match=field):
+            config_from_dict(Stage1Config, kw)
     with pytest.raises(ConfigError, match="'fusion'"):
         config_from_dict(Stage1Config, {"fusion": "uniform"})
     with pytest.raises(ConfigError, match="epoch"):
