@@ -18,8 +18,7 @@ second-half accuracy mean ± std over seeds with paired differences to the first
 and scores are cached in ``--work`` (reruns resume). Writes ``personalize.json``, ``personalize.md`` and
 ``personalize.png`` into ``--out``.
 
-    python -m benchmarks.personalize --stage1-from results/acc6 --seeds 0 1 2 3 4 --s2-epochs 250 \
-        --s2-max-steps 1250 --out docs/benchmarks/personalize
+    python -m benchmarks.personalize --stage1-from results/acc6 --seeds 0 1 2 3 4 --out docs/benchmarks/personalize
 """
 import argparse
 import itertools
@@ -37,6 +36,7 @@ from benchmarks.accuracy import (OURS, CPC_SEMI, PRETRAINED, SETTINGS, STAGE1, _
                                  prepare_dataset, pretrained, train_method)
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
+from shared.hparams import STAGE2_PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ([{"bn_mix": b, "self_train_epochs": e, "gate": g} for b, e, g in
@@ -238,6 +238,7 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--work", default=os.path.join(ROOT, "results", "personalize"), help="cached models and scores")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "personalize"))
     add_study_flags(ap, "seeds 0 and 1, 2 pretraining and 6 stage-2 epochs: a smoke run")
+    ap.set_defaults(s2_epochs=STAGE2_PRESETS["cosmo-har"]["epochs"])  # the accuracy table's budget
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.s1_epochs, a.s2_epochs = [0, 1], 2, 6

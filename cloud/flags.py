@@ -19,6 +19,9 @@ STAGE1_FLAG_SPECS = {
     "time_warp": (positive(float, zero=True), "sigma of a smooth random time warp (0: off)"),
     "permute": (positive(int, zero=True), "shuffle this many time slices of each window (0: off)"),
     "mask": (positive(float, zero=True), "fraction of each window zeroed in one random time span (0: off)"),
+    "predictive": (positive(float, zero=True), "weight of a predictive-coding (CPC) term added to the fusion loss "
+                   "(0: off)"),
+    "predictive_steps": (positive(int), "latent steps ahead the predictive-coding term predicts"),
     "seed": (int, ""),
     "device": (str, "auto (CUDA when present), cpu or cuda"),
 }
