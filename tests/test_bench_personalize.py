@@ -29,7 +29,9 @@ def test_personalize_benchmark_small(bench, tmp_path):
     assert r["methods"] == ["Cosmo-HAR", "AttnSense"] and len(r["rows"]) == 4
     for m in r["methods"]:
         s = r["summary"][m]
-        assert s["chosen"] == "none" or s["val_gain_points"][s["chosen"]] > 0  # chosen on validation only
+        # chosen on validation only, and only with a gain whose interval is above zero
+        assert s["chosen"] == "none" or s["val_gain_ci"][s["chosen"]]["ci_low"] > 0
+        assert s["loose_rule"]["chosen"] == "none" or s["val_gain_points"][s["loose_rule"]["chosen"]] > 0
         assert s["improved"] + s["worsened"] <= len(s["per_subject_gain"])
         row = r["rows"]["{}/0".format(m)]
         assert set(row["val"]).isdisjoint(row["test"])  # validation and test subjects never mix
