@@ -78,21 +78,21 @@ PRETRAINED = ("cmc", "cpc")
 SUPERVISED = ("deepsense", "attnsense")
 OURS, PAPER = "Cosmo-HAR", "Cosmo (paper)"
 COSMOS = (OURS, PAPER)
-# Cosmo-HAR with CPC's objective added to stage 1 (Stage1Config.predictive): a stage-1 candidate, kept
-# only if its validation accuracy beats Cosmo-HAR's
-HYBRID = "Cosmo-HAR + predictive coding"
+# Cosmo-HAR without the predictive-coding term of its stage 1 (Stage1Config.predictive = 0): the stage 1
+# before the term was chosen on validation (this row's validation accuracy against Cosmo-HAR's)
+FUSION_ONLY = "Cosmo-HAR, fusion only"
 # the best baseline on HAPT with Cosmo-HAR's stage 2 (pseudo-labels, modality dropout): what that step
 # alone gives a baseline, so the table separates it from what the rest of the method gives
 CPC_SEMI = "CPC + pseudo-labels"
-NOT_BASELINES = COSMOS + (CPC_SEMI, HYBRID)  # "best baseline" is the best of the others
+NOT_BASELINES = COSMOS + (CPC_SEMI, FUSION_ONLY)  # "best baseline" is the best of the others
 # stage 1 of each Cosmo (Stage1Config fields over the defaults)
 STAGE1 = {"cosmo": STAGE1_PRESETS["cosmo-har"], "cosmo_paper": STAGE1_PRESETS["paper"],
-          "cosmo_cpc": dict(STAGE1_PRESETS["cosmo-har"], predictive=1.0)}
-STAGE1_DIRS = {"cosmo": "stage1", "cosmo_paper": "stage1_paper", "cosmo_cpc": "stage1_predictive"}
+          "cosmo_fusion": dict(STAGE1_PRESETS["cosmo-har"], predictive=0.0)}
+STAGE1_DIRS = {"cosmo": "stage1", "cosmo_paper": "stage1_paper", "cosmo_fusion": "stage1_fusion_only"}
 # stage 2 of each Cosmo (Stage2Config fields over the run's; the budget stays the run's, equal for all)
 BUDGET_FIELDS = ("epochs", "t_iter")
 STAGE2 = {k: {f: v for f, v in STAGE2_PRESETS[p].items() if f not in BUDGET_FIELDS}
-          for k, p in (("cosmo", "cosmo-har"), ("cosmo_paper", "paper"), ("cosmo_cpc", "cosmo-har"))}
+          for k, p in (("cosmo", "cosmo-har"), ("cosmo_paper", "paper"), ("cosmo_fusion", "cosmo-har"))}
 
 
 def _slug(name: str) -> str:
@@ -154,7 +154,7 @@ def methods_for(train: MultimodalDataset, only: Optional[List[str]] = None) -> L
     out += [("SingleModal ({})".format(m), "single_modal", {"modality": m, "out_steps": out_steps_for(train)})
             for m in train.modalities]
     out += [("DeepSense", "deepsense", {}), ("AttnSense", "attnsense", {}), ("CMC", "cmc", {}), ("CPC", "cpc", {})]
-    out += [(CPC_SEMI, "cpc", {"stage2": STAGE2["cosmo"]}), (HYBRID, "cosmo_cpc", {})]
+    out += [(CPC_SEMI, "cpc", {"stage2": STAGE2["cosmo"]}), (FUSION_ONLY, "cosmo_fusion", {})]
     return [m for m in out if only is None or m[0] in only]
 
 
@@ -441,7 +441,7 @@ def _sensor_off_lines(d: str, sets: Any, methods: List[str], runs: Dict[str, Any
             if all(r is not None and "without" in r["test"] for r in rs):
                 cells.append("{}: {}".format(m, ", ".join("{} off {}".format(
                     x, _ms([r["test"]["without"][x] for r in rs])) for x in mods)))
-                if m in COSMOS + (HYBRID,) and len(mods) == 2:
+                if m in COSMOS + (FUSION_ONLY,) and len(mods) == 2:
                     for off, left in (mods, mods[::-1]):
                         ref = [runs.get("{}|{}|SingleModal ({})|{}".format(d, name, left, s)) for s in seeds]
                         if all(ref) and len(rs) > 1:
@@ -522,7 +522,7 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                              " | ".join(_ms(row[m][metric]) for m in methods) + " |")
             lines.append("")
         mods = list(data[d][0].modalities)
-        for key, disp in (("cosmo", OURS), ("cosmo_paper", PAPER), ("cosmo_cpc", HYBRID)):
+        for key, disp in (("cosmo", OURS), ("cosmo_paper", PAPER), ("cosmo_fusion", FUSION_ONLY)):
             qs = [runs.get("quality|{}|{}|{}".format(d, key, sd), {}).get("q") for sd in a.seeds]
             qs = [q for q in qs if q]
             if qs:
@@ -531,7 +531,7 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                           "mean ± std over seeds): ".format(disp) + ", ".join(
                               "{} {:.3f} ± {:.3f}".format(m, qa[:, j].mean(), qa[:, j].std())
                               for j, m in enumerate(mods)), ""]
-        for ours in COSMOS + (HYBRID,):
+        for ours in COSMOS + (FUSION_ONLY,):
             best = OrderedDict()  # per setting: this Cosmo - the best baseline (by mean), paired by seed
             for row in rows:
                 if ours not in row:
@@ -555,20 +555,20 @@ def _report(runs: Dict[str, Any], settings: Any, data: Any, a: Any, do_ratio: bo
                 lines += ["Against AttnSense with 100 % labels, paired by seed (points, 95 % CI): " + "; ".join(
                     "{} at {}: {:+.1f} [{:+.1f}, {:+.1f}]".format(m, k, 100 * p["mean"], 100 * p["ci_low"],
                                                                 100 * p["ci_high"]) for m, k, p in vs), ""]
-        for other in (PAPER, CPC_SEMI, HYBRID):
+        for other in (PAPER, CPC_SEMI, FUSION_ONLY):
             both = [(row["setting"], paired(row[other]["accuracy"], row[OURS]["accuracy"])) for row in rows
                     if OURS in row and other in row and len(row[OURS]["accuracy"]) == len(row[other]["accuracy"]) > 1]
             if both:
                 lines += ["{} − {}, paired by seed (points, 95 % CI): ".format(OURS, other) + "; ".join(
                     "{}: {:+.1f} [{:+.1f}, {:+.1f}]".format(k, 100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"])
                     for k, p in both), ""]
-        if HYBRID in methods:  # the stage-1 choice looks at validation only
+        if FUSION_ONLY in methods:  # the stage-1 choice looks at validation only
             cells = []
             for name, _, _ in sets:
                 vs = {m: [runs[k]["val"]["accuracy"] for k in ("{}|{}|{}|{}".format(d, name, m, sd) for sd in a.seeds)
-                          if k in runs] for m in (OURS, HYBRID)}
+                          if k in runs] for m in (OURS, FUSION_ONLY)}
                 if all(vs.values()):
-                    cells.append("{}: {} {} vs {} {}".format(name, OURS, _ms(vs[OURS]), HYBRID, _ms(vs[HYBRID])))
+                    cells.append("{}: {} {} vs {} {}".format(name, OURS, _ms(vs[OURS]), FUSION_ONLY, _ms(vs[FUSION_ONLY])))
             if cells:
                 lines += ["Stage-1 choice, validation accuracy (%, mean ± std over seeds): " + "; ".join(cells) + ".", ""]
         lines += _sensor_off_lines(d, sets, methods, runs, a.seeds, mods)

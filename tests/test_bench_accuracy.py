@@ -33,7 +33,7 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
     table = res["tables"]["synth"]
     assert table["methods"] == ["Cosmo-HAR", "Cosmo (paper)", "SingleModal (acc)", "SingleModal (gyro)",
                                 "DeepSense", "AttnSense", "CMC", "CPC", "CPC + pseudo-labels",
-                                "Cosmo-HAR + predictive coding"]
+                                "Cosmo-HAR, fusion only"]
     for row in table["rows"]:
         for m in table["methods"]:
             assert len(row[m]["accuracy"]) == 1 and 0.0 <= row[m]["accuracy"][0] <= 1.0

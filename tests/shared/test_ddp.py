@@ -29,7 +29,7 @@ WORLD = 2
 # the regime (lr >= 0.02) where a 1e-7 change of the input already moves one-process weights by 1e-3
 CFG = dict(epochs=3, batch_size=16, lr=0.01, encoder_widths=(8, 8, 8), out_steps=4, proj_hidden=32, proj_dim=16,
            num_views=4, input_views=2, fusion="grid", jitter=0.0, scale=0.0, time_warp=0.0, encoder_dropout=0.0,
-           device="cpu")  # no random transform: a two-rank step must equal the single-process one exactly
+           predictive=0.0, device="cpu")  # no random transform: a two-rank step must equal the single-process one exactly
 
 
 def _dataset():
