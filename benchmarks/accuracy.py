@@ -52,8 +52,10 @@ from shared.data.basicmotions import load_basicmotions
 from shared.data.dataset import MultimodalDataset
 from shared.data.hapt import load_hapt
 from shared.data.splits import Normalizer, sample_labels, subject_split
+from shared.training.stage1 import CHECKPOINT
 from shared.training import (Stage1Config, Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle,
                              pretrain)
+from shared.config import config_dict
 from shared.files import cached_json, write_json
 from shared.hparams import STAGE1_PRESETS, STAGE2_PRESETS
 
@@ -186,6 +188,24 @@ def _quality(encs: List[torch.nn.Module], unl: MultimodalDataset, num_classes: i
         return {"q": [1.0] * len(encs), "fallback": "uniform ({}: {})".format(type(e).__name__, e)}
 
 
+# Stage1Config fields added after some runs were cached, with the value that reproduces those runs
+_LEGACY_STAGE1 = {"predictive": 0.0, "predictive_steps": 4}
+
+
+def check_stage1_cache(unl: MultimodalDataset, cfg: Stage1Config, out: str) -> None:
+    """A stage 1 cached in ``out`` must have been made with ``cfg`` (its checkpoint records the config):
+    otherwise a one-line error, never a silent reuse of other encoders (e.g. after a default changed)."""
+    ck = os.path.join(out, CHECKPOINT)
+    if not os.path.isfile(ck):
+        return
+    made = dict(_LEGACY_STAGE1, **(torch.load(ck, map_location="cpu", weights_only=False).get("config") or {}))
+    want = config_dict(replace(cfg, batch_size=_bs(cfg.batch_size, len(unl))))
+    diff = [k for k in want if k != "device" and made.get(k) != want[k]]
+    if diff:
+        raise SystemExit("{}: the cached stage 1 was made with other {} ({}); use another --out or move it "
+                         "away".format(out, ", ".join(diff), ", ".join("{}={} here".format(k, want[k]) for k in diff)))
+
+
 def _stage1(unl: MultimodalDataset, cfg: Stage1Config, out: str) -> Dict[str, Any]:
     res = pretrain(unl, replace(cfg, batch_size=_bs(cfg.batch_size, len(unl))), out, progress=False)
     return {"seconds": res["seconds"], "loss": res["history"][-1]["loss"], "windows": len(unl)}
@@ -267,6 +287,8 @@ def pretrained(key: str, root: str, unl: MultimodalDataset, num_classes: int, ep
     os.makedirs(os.path.dirname(enc), exist_ok=True)
     if key in STAGE1:
         cfg = Stage1Config(**dict(STAGE1[key], epochs=epochs, seed=seed, out_steps=out_steps_for(unl)))
+        if not reuse_only:  # reused encoders are whatever that run made (its own flags)
+            check_stage1_cache(unl, cfg, os.path.dirname(enc))
         cached_json(os.path.join(root, sub, "summary.json"), partial(_stage1, unl, cfg, os.path.dirname(enc)))
         load = load_encoder_bundle  # type: Any
     else:
@@ -354,6 +376,8 @@ def main(argv: Any = None) -> int:
                 enc[key] = os.path.join(s1dir, "encoders.pt")
                 bar.set_postfix_str("{} seed {} stage 1 ({})".format(d, seed, key))
                 s1cfg = Stage1Config(**dict(preset, epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)))
+                if not a.report_only:
+                    check_stage1_cache(unl, s1cfg, s1dir)
                 put("pretrain|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "summary.json"),
                     partial(_stage1, unl, s1cfg, s1dir))
                 q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "quality.json"),
@@ -462,8 +486,9 @@ def _ratio_run(ratio: float, unl: MultimodalDataset, lab: MultimodalDataset, val
                ) -> Dict[str, Any]:
     n = int(min(len(unl), max(2, round(ratio * len(lab)))))
     sub = unl.subset(np.sort(np.random.RandomState(seed).choice(len(unl), n, replace=False)))
-    s1 = cached_json(os.path.join(out, "summary.json"),
-                 partial(_stage1, sub, Stage1Config(epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(sub)), out))
+    s1cfg = Stage1Config(epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(sub))
+    check_stage1_cache(sub, s1cfg, out)
+    s1 = cached_json(os.path.join(out, "summary.json"), partial(_stage1, sub, s1cfg, out))
     enc_path = os.path.join(out, "encoders.pt")
     q = cached_json(os.path.join(out, "quality.json"),
                 lambda: _quality(load_encoder_bundle(enc_path), sub, num_classes, seed))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.ablation import _stage2, linear_probe
-from benchmarks.accuracy import _quality, _stage1, prepare_dataset
+from benchmarks.accuracy import _quality, _stage1, check_stage1_cache, prepare_dataset
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.data.splits import sample_labels
 from shared.files import cached_json
@@ -83,6 +83,7 @@ def run_candidate(name: str, overrides: Dict[str, Any], seed: int, data: Any, a:
     if "epochs" in overrides:  # "x2 epochs": twice whatever the run's stage-1 budget is
         s1cfg = replace(s1cfg, epochs=2 * a.s1_epochs)
     enc = os.path.join(root, "encoders.pt")
+    check_stage1_cache(unl, s1cfg, root)
     s1 = cached_json(os.path.join(root, "stage1.json"), partial(_stage1, unl, s1cfg, root))
     q = cached_json(os.path.join(root, "quality.json"),
                     lambda: _quality(load_encoder_bundle(enc), unl, train.num_classes, seed))

@@ -124,13 +124,14 @@ def markdown(r: Dict[str, Any]) -> str:
         return "{:.1f} ± {:.1f}".format(100 * m["mean"], 100 * m["std"])
     mods = r["modalities"]
     lines = ["# Stage 2 with unlabeled windows (UCI HAPT, 1 % labels, subject-wise split)", "",
-             "Seeds {}: each its own 1 % labels and stage-1 encoders (Cosmo-HAR's default stage 1, {} epochs), "
+             "Seeds {}: each its own 1 % labels and stage-1 encoders ({}, {} epochs), "
              "shared by every candidate of the seed; stage 2: ConcatAttn, Hopkins quality prior, {} epochs capped "
              "at about {} optimizer steps (x{} for the candidates so named), epoch chosen on validation; unlabeled windows from the stage-1 pool. "
              "Chosen on the mean **validation** accuracy over the sensor subsets (all present, each one off; ties: "
              "validation accuracy with all): **{}**. Test differences are paired by seed against `{}`, 95 % t "
              "interval. Ran on CPU ({} s of stage-2 training in all runs).".format(
-                 r["seeds"], r["args"]["s1_epochs"], r["args"]["s2_epochs"], r["args"]["s2_max_steps"], LONGER, r["chosen"],
+                 r["seeds"], "those of `{}`".format(r["args"]["stage1_from"]) if r["args"].get("stage1_from")
+                 else "Cosmo-HAR's default stage 1", r["args"]["s1_epochs"], r["args"]["s2_epochs"], r["args"]["s2_max_steps"], LONGER, r["chosen"],
                  BASE_NAME, int(r["seconds"])), "",
              "| candidate | stage-2 settings | epochs | val | val, sensor subsets | test | test macro-F1 | " +
              " | ".join("test, {} off".format(m) for m in mods) + " | test − {} [95 % CI] | s per run |".format(BASE_NAME),

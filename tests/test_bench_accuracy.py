@@ -20,7 +20,7 @@ def bench(monkeypatch):
     return mod
 
 
-def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
+def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path, monkeypatch):
     out = str(tmp_path / "acc")
     argv = ["--out", out, "--datasets", "synth", "--seeds", "0", "--s1-epochs", "1", "--s2-epochs", "1",
             "--ratio-dataset", "synth", "--ratio-setting", "10%", "--ratios", "1", "all", "--threads", "1"]
@@ -57,6 +57,10 @@ def test_accuracy_benchmark_smoke_and_resume(bench, tmp_path):
     assert os.path.getmtime(cached) == mtime
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["tables"] == res["tables"]
+    # a cached stage 1 made with another config is an error, not silently reused
+    monkeypatch.setitem(bench.STAGE1, "cosmo", dict(bench.STAGE1["cosmo"], predictive=0.0))
+    with pytest.raises(SystemExit, match="stage1: the cached stage 1 was made with other predictive"):
+        bench.main(argv)
 
 
 def test_accuracy_benchmark_runs_a_subset_of_methods_and_reports_the_cache(bench, tmp_path):
