@@ -400,7 +400,8 @@ def cross_modal_retrieval(stage1_dir: str, dataset: str = "hapt", split_seed: in
                            for i, a in enumerate(test.modalities) for j, b in enumerate(test.modalities) if i != j)
     encs = load_encoder_bundle(os.path.join(stage1_dir, ENCODERS))
     trained = Stage1Model(encs, cfg["proj_dim"], cfg["proj_hidden"])
-    trained.load_state_dict(ck["model"])
+    # encoders and projection heads; the predictive-coding heads (training-only) play no part in retrieval
+    trained.load_state_dict({k: v for k, v in ck["model"].items() if not k.startswith("predictive.")})
     torch.manual_seed(int(cfg.get("seed", 0)))
     fresh = Stage1Model([build_like(e) for e in encs], cfg["proj_dim"], cfg["proj_hidden"])
     return {"dataset": dataset, "stage1": stage1_dir, "epochs": int(ck["epoch"]) + 1, "pool": int(len(sub)),
