@@ -3,7 +3,8 @@
 applied unchanged to the test users; the same step applied to the best baseline.
 
 The methods (``--methods``, by the accuracy table's names; default: **Cosmo-HAR**, the best baseline at
-1 % labels **CPC**, and **CPC + pseudo-labels**, CPC's encoders with Cosmo-HAR's stage 2) are trained
+1 % labels **CPC**, **CPC + pseudo-labels**, CPC's encoders with Cosmo-HAR's stage 2, and **Cosmo-HAR,
+fusion only**, its stage-1 ablation) are trained
 exactly as ``benchmarks/accuracy.py`` trains them: HAPT, subject-wise split seed 0, per seed the same
 labeled windows (``--setting``), unlabeled pool, stage-2 budget and epoch chosen on validation.
 ``--stage1-from`` reuses an accuracy run's pretrained encoders (the same seeds then give the same models:
@@ -35,7 +36,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.accuracy import (OURS, CPC_SEMI, PRETRAINED, SETTINGS, STAGE1, _slug, budget, labeled_sets, methods_for,
+from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget, labeled_sets, methods_for,
                                  prepare_dataset, pretrained, train_method)
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
@@ -46,7 +47,7 @@ GRID = ([{"bn_mix": b, "self_train_epochs": e, "gate": g} for b, e, g in
          itertools.product((0.25, 0.5, 1.0), (0, 5), ("none", "confidence"))]
         + [{"bn_mix": 0.0, "self_train_epochs": 5, "gate": g} for g in ("none", "confidence")])
 NONE = "none"  # the "no adaptation" choice
-DEFAULT_METHODS = [OURS, "CPC", CPC_SEMI]
+DEFAULT_METHODS = [OURS, "CPC", CPC_SEMI, FUSION_ONLY]
 
 
 def key(c: Dict[str, Any]) -> str:
