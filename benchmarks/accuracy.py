@@ -280,21 +280,23 @@ def pretrained(key: str, root: str, unl: MultimodalDataset, num_classes: int, ep
     seed, in this benchmark's layout under ``root`` (``OUT/DATASET/seedN``): their path and quality scores
     ``q``, pretrained on ``unl`` for ``epochs`` and scored unless cached there. ``reuse_only``: a missing
     file is a one-line error instead (another study reusing this run's encoders)."""
-    sub = STAGE1_DIRS.get(key, key)
-    enc = os.path.join(root, sub, "encoders.pt")
+    out = os.path.join(root, STAGE1_DIRS.get(key, key))
+    enc, summary = os.path.join(out, "encoders.pt"), os.path.join(out, "summary.json")
     if reuse_only and not os.path.isfile(enc):
         raise SystemExit("--stage1-from: {} not found (run benchmarks.accuracy for that seed first)".format(enc))
-    os.makedirs(os.path.dirname(enc), exist_ok=True)
+    os.makedirs(out, exist_ok=True)
+    if os.path.isfile(summary) and not os.path.isfile(enc):
+        os.remove(summary)  # a summary whose encoders are gone: pretrain again
     if key in STAGE1:
         cfg = Stage1Config(**dict(STAGE1[key], epochs=epochs, seed=seed, out_steps=out_steps_for(unl)))
         if not reuse_only:  # reused encoders are whatever that run made (its own flags)
-            check_stage1_cache(unl, cfg, os.path.dirname(enc))
-        cached_json(os.path.join(root, sub, "summary.json"), partial(_stage1, unl, cfg, os.path.dirname(enc)))
+            check_stage1_cache(unl, cfg, out)
+        cached_json(summary, partial(_stage1, unl, cfg, out))
         load = load_encoder_bundle  # type: Any
     else:
-        cached_json(os.path.join(root, sub, "summary.json"), partial(_pretrain_baseline, key, unl, epochs, seed, enc))
+        cached_json(summary, partial(_pretrain_baseline, key, unl, epochs, seed, enc))
         load = _load_modules
-    q = cached_json(os.path.join(root, sub, "quality.json"), lambda: _quality(load(enc), unl, num_classes, seed))
+    q = cached_json(os.path.join(out, "quality.json"), lambda: _quality(load(enc), unl, num_classes, seed))
     return enc, q["q"]
 
 
@@ -354,9 +356,10 @@ def main(argv: Any = None) -> int:
     runs = OrderedDict()  # type: Dict[str, Any]
     failures = []  # type: List[str]
 
-    def put(key: str, path: str, fn: Any) -> Optional[Dict[str, Any]]:
-        """``runs[key]``: the run cached at ``path``, else ``fn()`` (cached); with --report-only, only cached."""
-        if a.report_only and not os.path.isfile(path):
+    def put(key: str, path: str, fn: Any = None) -> Optional[Dict[str, Any]]:
+        """``runs[key]``: the run cached at ``path``, else ``fn()`` (cached); with --report-only or no ``fn``,
+        only what is cached."""
+        if (a.report_only or fn is None) and not os.path.isfile(path):
             return None
         runs[key] = cached_json(path, fn)
         return runs[key]
@@ -369,36 +372,15 @@ def main(argv: Any = None) -> int:
             # pretraining, once per (dataset, seed)
             enc = {}  # type: Dict[str, str]
             qual = {}  # type: Dict[str, List[float]]
-            for key, preset in STAGE1.items():
-                if key not in keys:
-                    continue
-                s1dir = os.path.join(root, STAGE1_DIRS[key])
-                enc[key] = os.path.join(s1dir, "encoders.pt")
-                bar.set_postfix_str("{} seed {} stage 1 ({})".format(d, seed, key))
-                s1cfg = Stage1Config(**dict(preset, epochs=a.s1_epochs, seed=seed, out_steps=out_steps_for(unl)))
-                if not a.report_only:
-                    check_stage1_cache(unl, s1cfg, s1dir)
-                put("pretrain|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "summary.json"),
-                    partial(_stage1, unl, s1cfg, s1dir))
-                q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(s1dir, "quality.json"),
-                        lambda: _quality(load_encoder_bundle(enc[key]), unl, train.num_classes, seed))  # noqa: B023
-                if q:
-                    qual[key] = q["q"]
-                bar.update(1)
-            for key in PRETRAINED:
-                if key not in keys:
-                    continue
-                bar.set_postfix_str("{} seed {} {} pretraining".format(d, seed, key))
-                enc[key] = os.path.join(root, key, "encoders.pt")
-                if not a.report_only:
-                    os.makedirs(os.path.dirname(enc[key]), exist_ok=True)
-                summ = os.path.join(root, key, "summary.json")
-                if os.path.isfile(summ) and not os.path.isfile(enc[key]) and not a.report_only:
-                    os.remove(summ)
-                put("pretrain|{}|{}|{}".format(d, key, seed), summ,
-                    partial(_pretrain_baseline, key, unl, a.s1_epochs, seed, enc[key]))
-                q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(root, key, "quality.json"),
-                        lambda: _quality(_load_modules(enc[key]), unl, train.num_classes, seed))  # noqa: B023
+            for key in [k for k in list(STAGE1) + list(PRETRAINED) if k in keys]:
+                bar.set_postfix_str("{} seed {} {}".format(
+                    d, seed, "stage 1 ({})".format(key) if key in STAGE1 else "{} pretraining".format(key)))
+                sub = os.path.join(root, STAGE1_DIRS.get(key, key))
+                enc[key] = os.path.join(sub, "encoders.pt")
+                if not a.report_only:  # pretrains and scores unless cached (a cache of another config: an error)
+                    pretrained(key, root, unl, train.num_classes, a.s1_epochs, seed)
+                put("pretrain|{}|{}|{}".format(d, key, seed), os.path.join(sub, "summary.json"))
+                q = put("quality|{}|{}|{}".format(d, key, seed), os.path.join(sub, "quality.json"))
                 if q:
                     qual[key] = q["q"]
                 bar.update(1)

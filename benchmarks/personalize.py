@@ -36,8 +36,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget, labeled_sets, methods_for,
-                                 prepare_dataset, pretrained, train_method)
+from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget,
+                                 labeled_sets, methods_for, prepare_dataset, pretrained, train_method)
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.hparams import STAGE2_PRESETS
@@ -108,11 +108,12 @@ def run_method(disp: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
         r = {"method": disp, "seed": seed, "train_s": time.time() - t0, "labeled": len(lab),
              "test_accuracy": evaluate(model, test)["accuracy"],
              "val": score_subjects(model, val), "test": score_subjects(model, test)}
-        cell = os.path.join(a.stage1_from or "", "hapt", "seed{}".format(seed),
-                            "s2_{}_{}.json".format(_slug(a.setting), _slug(disp)))
-        if a.stage1_from and os.path.isfile(cell):
-            with open(cell) as f:
-                r["accuracy_run_test_accuracy"] = json.load(f)["test"]["accuracy"]
+        if a.stage1_from:  # the accuracy run's cell of the same method and seed, when it has one
+            cell = os.path.join(a.stage1_from, "hapt", "seed{}".format(seed),
+                                "s2_{}_{}.json".format(_slug(a.setting), _slug(disp)))
+            if os.path.isfile(cell):
+                with open(cell) as f:
+                    r["accuracy_run_test_accuracy"] = json.load(f)["test"]["accuracy"]
         return r
     return cached_json(path + ".json", score)
 
@@ -142,8 +143,8 @@ def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
     for m in r["methods"]:
         rs = [r["rows"]["{}/{}".format(m, s)] for s in r["seeds"]]
         cands = [key(c) for c in r["grid"]]
-        val_ci = {c: paired([0.0] * n, g) for c in cands
-                  for g in [[100 * (row[c] - row[NONE]) for x in rs for row in x["val"].values()]] for n in [len(g)]}
+        val_pairs = {c: [100 * (row[c] - row[NONE]) for x in rs for row in x["val"].values()] for c in cands}
+        val_ci = {c: paired([0.0] * len(g), g) for c, g in val_pairs.items()}
         val_gain = {c: val_ci[c]["mean"] / 100 for c in cands}
         best = max(cands, key=lambda c: val_gain[c])
         sure = [c for c in cands if val_ci[c]["ci_low"] > 0]
@@ -265,16 +266,15 @@ def main(argv: Any = None) -> int:
     if len(a.seeds) < 2:
         print("personalize: --seeds: at least 2 (paired intervals)", file=sys.stderr)
         return 2
+    settings = [n for n, _, _ in SETTINGS["hapt"]]
+    if a.setting not in settings:  # before loading the data set
+        print("personalize: --setting: unknown {!r} (known: {})".format(a.setting, ", ".join(settings)), file=sys.stderr)
+        return 2
     data = prepare_dataset("hapt")[:3]
-    train = data[0]
-    known = [m[0] for m in methods_for(train)]
+    known = [m[0] for m in methods_for(data[0])]
     bad = [m for m in a.methods if m not in known]
     if bad:
         print("personalize: --methods: unknown {} (known: {})".format(", ".join(bad), ", ".join(known)), file=sys.stderr)
-        return 2
-    settings = [n for n, _, _ in SETTINGS["hapt"]]
-    if a.setting not in settings:
-        print("personalize: --setting: unknown {!r} (known: {})".format(a.setting, ", ".join(settings)), file=sys.stderr)
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
