@@ -7,6 +7,16 @@ def load_benchmark(name):
     return importlib.import_module("benchmarks." + name)
 
 
+def study_on_synthetic(monkeypatch, name, windows_per_subject):
+    """``benchmarks.<name>`` (a study that writes a plot: skipped without matplotlib) with its
+    ``prepare_dataset`` replaced by ``synthetic_hapt_like(windows_per_subject)``."""
+    import pytest
+    pytest.importorskip("matplotlib")
+    mod = load_benchmark(name)
+    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(windows_per_subject))
+    return mod
+
+
 def synthetic_hapt_like(windows_per_subject):
     """A ``prepare_dataset`` stand-in for the benchmark tests: 6 synthetic subjects with acc + gyro
     (3 classes), split by subject and normalized like ``benchmarks.accuracy.prepare_dataset``."""

@@ -6,15 +6,12 @@ import os
 
 import pytest
 
-from tests.bench import load_benchmark, synthetic_hapt_like
+from tests.bench import study_on_synthetic
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    pytest.importorskip("matplotlib")
-    mod = load_benchmark("augment")
-    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(40))
-    return mod
+    return study_on_synthetic(monkeypatch, "augment", 40)
 
 
 def test_augment_benchmark_chooses_on_validation(bench, tmp_path):

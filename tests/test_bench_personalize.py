@@ -7,15 +7,12 @@ import os
 
 import pytest
 
-from tests.bench import load_benchmark, synthetic_hapt_like
+from tests.bench import study_on_synthetic
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    pytest.importorskip("matplotlib")
-    mod = load_benchmark("personalize")
-    monkeypatch.setattr(mod, "prepare_dataset", synthetic_hapt_like(80))
-    return mod
+    return study_on_synthetic(monkeypatch, "personalize", 80)
 
 
 def test_personalize_benchmark_small(bench, tmp_path):
