@@ -8,7 +8,9 @@ manifest.json; default: the demo's) and real windows (``--windows``: default the
    thread each, at batch 1 and 32: p50/p99 latency and windows/s, and the ORT/torch speed-up.
 2. ``grpc``: Predict at batch 1 over gRPC to ``edge-agent serve`` processes (loopback TCP and a unix
    socket; compact ``raw`` windows, and the repeated-float form of old clients) against
-   ``Runtime.predict`` in-process, p50/p99; and an empty RPC (health Check), the floor of a round trip.
+   ``Runtime.predict`` in-process, p50/p99; an empty RPC (health Check), the floor of a round trip; and
+   ``StreamPredict`` as continuous inference uses it (one open stream, each window's samples out and its
+   prediction back: the round trip per window).
 3. ``cold_start``: ``edge-agent serve`` started as a process until its first Predict is answered, and
    its peak RSS (VmHWM) and whether any torch library is mapped; against a bare server built from
    ``edge.service`` + ``edge.runtime`` alone (the floor). Medians over ``--starts`` starts, interleaved,
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -34,6 +36,7 @@ import numpy as np
 from benchmarks.report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IDLE_GAP_S = 0.0005  # about an empty RPC: how long a server's model sits idle between Predicts
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "finetuned", "cosmo-hapt", "v1")
 DEMO_WINDOWS = os.path.join(ROOT, "runs", "demo", "edge", "labels", "test.npz")
 # the floor: a server from edge.service + edge.runtime alone (no CLI, no agent), serving the same model
@@ -49,11 +52,14 @@ threading.Event().wait()
 """
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 5) -> Dict[str, float]:
+def timed(fn: Callable[[], Any], n: int, warmup: int = 5, gap_s: float = 0.0) -> Dict[str, float]:
+    """p50/p99 of ``n`` calls of ``fn``, after ``warmup``; ``gap_s``: idle time before each (not timed)."""
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
@@ -106,12 +112,12 @@ def _server_env() -> Dict[str, str]:
     return env
 
 
-def _serve(state: str, listen: str, ready: str) -> Any:
+def _serve(state: str, listen: str, ready: str, extra: Sequence[str] = ()) -> Any:
     """``edge-agent serve`` as its own process (as apps meet it); returns (process, port)."""
     if os.path.exists(ready):
         os.remove(ready)
-    proc = subprocess.Popen(_edge_agent() + ["serve", "--state-dir", state, "--listen", listen, "--ready-file", ready],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env())
+    proc = subprocess.Popen(_edge_agent() + ["serve", "--state-dir", state, "--listen", listen, "--ready-file", ready]
+                            + list(extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env())
     end = time.time() + 60
     while not os.path.exists(ready):
         if proc.poll() is not None or time.time() > end:
@@ -146,6 +152,7 @@ def over_grpc(model_dir: str, windows: Dict[str, np.ndarray], n: int, tmp: str) 
     try:
         channels = {"loopback": grpc.insecure_channel("127.0.0.1:{}".format(port)),
                     "unix_socket": grpc.insecure_channel("unix:" + sock)}
+        rates = {m: float(d["rate_hz"]) for m, d in rt.schema.items()}
         for _ in range(2):  # interleaved halves: drift hits every path alike
             parts = {"in_process": lambda: rt.predict(w), "in_process_b64": lambda: rt.predict(w64)}
             for name, ch in channels.items():
@@ -160,17 +167,83 @@ def over_grpc(model_dir: str, windows: Dict[str, np.ndarray], n: int, tmp: str) 
             for k, fn in parts.items():
                 t = timed(fn, n // 2)
                 res.setdefault(k, []).append(t)
+            res.setdefault("in_process_gap", []).append(timed(lambda: rt.predict(w), n // 2, gap_s=IDLE_GAP_S))
+            for name, ch in channels.items():  # open only while timed: an open stream sends Predict to a thread
+                st = StreamWindows(InferenceStub(ch), w64, rates)
+                res.setdefault(name + "_stream", []).append(timed(st, n // 2))
+                st.close()
         res = {k: {"p50_ms": float(np.median([t["p50_ms"] for t in ts])),
                    "p99_ms": float(max(t["p99_ms"] for t in ts)), "n": sum(t["n"] for t in ts)}
                for k, ts in res.items()}
+        res["inside_server"] = inside_server(state, windows, n, tmp)
         res["request_bytes"] = {"raw": encode_windows(w).ByteSize(), "repeated_float": floats(w).ByteSize()}
     finally:
         for p in (tcp, unix):
             p.terminate()
             p.wait(30)
     res["ratio_p50"] = {k: res[k]["p50_ms"] / res["in_process_b64" if "_b64" in k else "in_process"]["p50_ms"]
-                        for k in res if k not in ("in_process", "in_process_b64", "request_bytes")}
+                        for k in res if k not in ("in_process", "in_process_b64", "request_bytes", "inside_server")}
     return res
+
+
+class StreamWindows(object):
+    """``StreamPredict`` as a device app uses it for continuous inference: one stream stays open and each
+    call sends every modality's next window of samples (hop = window) and reads that window's prediction;
+    the call's time is the round trip of one window. The first call's window may be predicted before the
+    later modalities joined (timed() warms up past it)."""
+
+    def __init__(self, stub: Any, windows: Dict[str, np.ndarray], rates: Dict[str, float]) -> None:
+        import queue
+
+        from shared.rpc import pb
+        self.q = queue.Queue()  # type: Any
+        self.chunks = [[pb.SamplesChunk(modality=m, channels=a.shape[2], raw=np.ascontiguousarray(a[i], "<f4").tobytes(),
+                                        rate_hz=rates[m], hop_fraction=1.0) for m, a in windows.items()]
+                       for i in range(len(next(iter(windows.values()))))]
+        self.i = 0
+        self.responses = stub.StreamPredict(iter(self.q.get, None), timeout=3600)
+
+    def __call__(self) -> Any:
+        for c in self.chunks[self.i % len(self.chunks)]:
+            self.q.put(c)
+        self.i += 1
+        return next(self.responses)
+
+    def close(self) -> None:
+        self.q.put(None)
+        for _ in self.responses:
+            pass
+
+
+def inside_server(state: str, windows: Dict[str, np.ndarray], n: int, tmp: str) -> Dict[str, float]:
+    """Where a Predict's round trip goes: ``n`` Predicts at batch 1 to a server started with
+    ``--metrics-listen``, the client's p50 against the mean time the server itself spent in the call
+    (``cosmo_edge_model_seconds``: decoding, the model, the response). Its own server: the metrics add a
+    little to every call, so the figures of ``over_grpc`` come from servers without them."""
+    import re
+    import socket
+    import urllib.request
+
+    import grpc
+
+    from edge.wire import encode_windows
+    from shared.rpc import InferenceStub
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    proc, port = _serve(state, "127.0.0.1:0", os.path.join(tmp, "ready_metrics"),
+                        ["--metrics-listen", "127.0.0.1:{}".format(mport)])
+    try:
+        stub = InferenceStub(grpc.insecure_channel("127.0.0.1:{}".format(port)))
+        w = {m: a[:1] for m, a in windows.items()}
+        t = timed(lambda: stub.Predict(encode_windows(w), timeout=10), n, warmup=0)
+        text = urllib.request.urlopen("http://127.0.0.1:{}/metrics".format(mport), timeout=10).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    got = {k: float(re.search(r'cosmo_edge_model_seconds_{}{{method="Predict"}} (\S+)'.format(k), text).group(1))
+           for k in ("sum", "count")}
+    return {"client_p50_ms": t["p50_ms"], "server_mean_ms": 1000.0 * got["sum"] / got["count"], "n": n}
 
 
 def ort_profile(model_dir: str, windows: Dict[str, np.ndarray], batch: int = 32, runs: int = 50) -> List[Any]:
@@ -291,11 +364,15 @@ def markdown(r: Dict[str, Any]) -> str:
         "## Predict at batch 1: gRPC against the in-process call", "",
         "| path | p50 ms | p99 ms | p50 / in-process |", "|---|---|---|---|",
         "| in-process `Runtime.predict` | {:.3f} | {:.3f} | 1.00 |".format(g["in_process"]["p50_ms"],
-                                                                         g["in_process"]["p99_ms"])]
+                                                                         g["in_process"]["p99_ms"]),
+        "| in-process, after {:g} ms idle | {:.3f} | {:.3f} | {:.2f} |".format(
+            IDLE_GAP_S * 1000, g["in_process_gap"]["p50_ms"], g["in_process_gap"]["p99_ms"],
+            g["ratio_p50"]["in_process_gap"])]
     for k in ("loopback", "unix_socket", "loopback_repeated_float", "unix_socket_repeated_float",
-              "loopback_empty_rpc", "unix_socket_empty_rpc"):
-        lines.append("| gRPC {} | {:.3f} | {:.3f} | {:.2f} |".format(k.replace("_", " "), g[k]["p50_ms"],
-                                                                      g[k]["p99_ms"], g["ratio_p50"][k]))
+              "loopback_empty_rpc", "unix_socket_empty_rpc", "loopback_stream", "unix_socket_stream"):
+        lines.append("| gRPC {} | {:.3f} | {:.3f} | {:.2f} |".format(
+            k.replace("_stream", " StreamPredict, per window").replace("_", " "), g[k]["p50_ms"], g[k]["p99_ms"],
+            g["ratio_p50"][k]))
     lines.append("| in-process, batch 64 | {:.3f} | {:.3f} | 1.00 |".format(g["in_process_b64"]["p50_ms"],
                                                                            g["in_process_b64"]["p99_ms"]))
     for k in ("loopback_b64", "loopback_b64_repeated_float"):
@@ -305,8 +382,21 @@ def markdown(r: Dict[str, Any]) -> str:
     lines += ["", "Reading: an empty RPC alone costs {:.2f}x the in-process Predict, so a Predict over gRPC "
               "cannot get under about {:.1f}x at batch 1 with Python gRPC on this machine; the rest is the model "
               "call and the message conversion. At batch 64 the compact raw form costs {:.2f}x the in-process call "
-              "against {:.2f}x for repeated floats.".format(
-                  floor, 1 + floor, g["ratio_p50"]["loopback_b64"], g["ratio_p50"]["loopback_b64_repeated_float"])]
+              "against {:.2f}x for repeated floats. Continuous inference over one open StreamPredict stream (no "
+              "per-call setup, but a message per modality in and a prediction out per window) costs {:.2f}x "
+              "(unix socket) per window.".format(
+                  floor, 1 + floor, g["ratio_p50"]["loopback_b64"], g["ratio_p50"]["loopback_b64_repeated_float"],
+                  g["ratio_p50"]["unix_socket_stream"])]
+    ins = g["inside_server"]
+    lines += ["", "Inside the server (its own `cosmo_edge_model_seconds`, {} Predicts to a server with "
+              "`--metrics-listen`): {:.3f} ms per call (decoding, model, response) of a {:.3f} ms round trip (p50), "
+              "against {:.3f} ms for the same call in a tight in-process loop: the server's share alone is {:.2f}x the "
+              "in-process call. The model runs slower between RPCs than back to back: the same in-process call "
+              "after {:g} ms idle takes {:.3f} ms ({:.2f}x); in the server the transport's work in between also "
+              "evicts the model's data from the caches.".format(
+                  ins["n"], ins["server_mean_ms"], ins["client_p50_ms"], g["in_process"]["p50_ms"],
+                  ins["server_mean_ms"] / g["in_process"]["p50_ms"], IDLE_GAP_S * 1000, g["in_process_gap"]["p50_ms"],
+                  g["ratio_p50"]["in_process_gap"])]
     lines += ["", "The server is `edge-agent serve` in its own process, the client this one (as an app on the "
               "device). *empty rpc* is a health Check: the round trip of a call that does no work, the floor "
               "under any Predict.", "",
@@ -337,10 +427,11 @@ def plot(r: Dict[str, Any], path: str) -> None:
     ax[0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:blue"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")],
                  labels=["ONNX Runtime", "torch eager"])
     ax[0].set_title("engine, one thread")
-    keys = ["in_process", "loopback", "unix_socket", "loopback_repeated_float"]
+    keys = ["in_process", "loopback", "unix_socket", "loopback_repeated_float", "unix_socket_stream"]
     ax[1].bar(range(len(keys)), [g[k]["p50_ms"] for k in keys], color="tab:green")
     ax[1].set_xticks(range(len(keys)))
-    ax[1].set_xticklabels(["in-process", "gRPC tcp", "gRPC unix", "gRPC tcp\nold floats"], fontsize=8)
+    ax[1].set_xticklabels(["in-process", "gRPC tcp", "gRPC unix", "gRPC tcp\nold floats", "stream unix\nper window"],
+                          fontsize=8)
     ax[1].set_ylabel("p50 ms")
     ax[1].set_title("Predict, batch 1")
     ks = ["edge_agent_serve", "bare_ort_server"]

@@ -219,7 +219,9 @@ class InferenceServicer(object):
         return await self._unary(context, "Embed", run, small=_small(request))
 
     async def StreamPredict(self, request_iterator: Any, context: Any) -> None:
-        """A coroutine per stream: samples are windowed on the loop, each window runs in the executor."""
+        """A coroutine per stream: samples are windowed on the loop, each window runs in the executor, or on
+        the loop itself while this is the only stream and no unary call runs (one window at a time, as
+        ``_unary`` runs a small call: no thread hand-offs in a device app's continuous inference)."""
         lim = self.limits
         if self.streams >= lim.max_streams:
             await self._fail(context, "StreamPredict", _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: {} "
@@ -251,7 +253,10 @@ class InferenceServicer(object):
                         return prediction_response(rt, out, window_index=k)
                     if self.model_seconds is not None:
                         run = self._timed("StreamPredict", run)
-                    resp = await loop.run_in_executor(self.pool, run)
+                    if self.streams == 1 and not self.inflight:  # alone: one window on the loop, as _unary
+                        resp = run()
+                    else:
+                        resp = await loop.run_in_executor(self.pool, run)
                     try:
                         await asyncio.wait_for(context.write(resp), lim.stream_idle_s)
                     except asyncio.TimeoutError:

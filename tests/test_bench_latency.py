@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/latency.py on the tiny real model of test_runtime: engines agree and are
-timed, gRPC calls reach real `edge-agent serve` processes, cold starts are measured without torch mapped,
+timed, gRPC calls (unary, and a StreamPredict stream with a prediction per window) reach real
+`edge-agent serve` processes, cold starts are measured without torch mapped,
 and the JSON, Markdown and PNG reports are written. (Figures are the benchmark's job, not asserted.)"""
 import json
 
@@ -23,8 +24,10 @@ def test_latency_benchmark_small(tmp_path):
     r = json.loads((out / "latency.json").read_text())
     for b in ("batch_1", "batch_32"):
         assert r["engines"][b]["onnxruntime"]["p50_ms"] > 0 and r["engines"][b]["torch_eager"]["p50_ms"] > 0
-    for k in ("loopback", "unix_socket", "loopback_repeated_float", "loopback_empty_rpc"):
+    for k in ("loopback", "unix_socket", "loopback_repeated_float", "loopback_empty_rpc", "loopback_stream",
+              "unix_socket_stream"):
         assert r["grpc"][k]["p50_ms"] > 0 and np.isfinite(r["grpc"]["ratio_p50"][k])
+    assert r["grpc"]["unix_socket_stream"]["n"] == 20  # two halves of 10 windows, one prediction each
     cs = r["cold_start"]
     assert cs["edge_agent_serve"]["torch_mapped"] is False and cs["edge_agent_serve"]["peak_rss_mb_median"] > 0
     assert r["ort_profile_batch_32"] and 0 < sum(s for _, s in r["ort_profile_batch_32"]) <= 1.0 + 1e-6

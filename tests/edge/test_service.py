@@ -116,6 +116,50 @@ def test_bad_inputs_are_invalid_argument_naming_the_modality(models, served):
     assert len(stub.Predict(request(w), timeout=TIMEOUT).predictions) == 2
 
 
+def test_lone_stream_runs_on_the_loop_and_streams_side_by_side_in_the_pool(models, served, monkeypatch):
+    """A stream that is the only one open runs its windows on the event loop (no thread hand-offs); with a
+    second stream open, both run theirs in the model executor. Same answers either way."""
+    import queue
+    _, stub, _ = served
+    built, rt = models[0], models[2]
+    raw = raw_windows(built, 4)
+    threads = []  # type: List[str]
+    predict = rt.predict
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return predict(*args, **kwargs)
+    monkeypatch.setattr(rt, "predict", spy)
+
+    def window(q: "queue.Queue", k: int) -> None:  # hop = window: window k's samples, acc then gyro
+        for m in ("acc", "gyro"):
+            q.put(pb.SamplesChunk(modality=m, raw=raw[m][k].astype("<f4").tobytes(), channels=raw[m].shape[2],
+                                  hop_fraction=1.0))
+
+    qa, qb = queue.Queue(), queue.Queue()  # type: queue.Queue, queue.Queue
+    a = stub.StreamPredict(iter(qa.get, None), timeout=TIMEOUT)
+    b = None
+    got = []
+    try:
+        for k in range(4):
+            if k == 2:  # a second stream joins
+                b = stub.StreamPredict(iter(qb.get, None), timeout=TIMEOUT)
+                window(qb, 0)
+                assert next(b).window_index == 0
+            window(qa, k)
+            got.append(next(a))
+    finally:
+        qa.put(None)
+        qb.put(None)
+    assert [list(x) for x in (a, b)] == [[], []]  # both end cleanly
+    assert [r.window_index for r in got] == [0, 1, 2, 3]
+    for k in (1, 2, 3):  # window 0 was formed from acc alone: gyro had not streamed yet
+        np.testing.assert_allclose(got[k].predictions[0].proba, predict({m: raw[m][k:k + 1] for m in raw})["proba"][0],
+                                   rtol=1e-5, atol=1e-6)
+    assert threads[:2] == ["edge-aio"] * 2, threads  # alone
+    assert all(t.startswith("edge-model") for t in threads[2:5]), threads  # side by side
+
+
 def test_stream_predict_forms_windows(models, served):
     """Window 32, 50 % hop = 16 samples: 80 streamed samples per modality = windows starting at 0, 16, 32,
     48 (4 predictions); hop_fraction 1.0: windows at 0 and 32 (2 predictions; 16 samples left over)."""
