@@ -78,7 +78,7 @@ def engines(model_dir: str, windows: Dict[str, np.ndarray], n: int) -> Dict[str,
     torch.set_num_threads(1)
     model = load_finetuned(os.path.join(model_dir, FINETUNED), os.path.join(model_dir, ENCODERS), rt.modalities,
                            len(rt.classes)).eval()
-    out = {}
+    out = {"conv_macs_per_window": _conv_macs(model, rt, windows)}  # type: Dict[str, Any]
     for batch in (1, 32):
         w = {m: a[:batch] for m, a in windows.items()}
         present = rt.present_mask(w, batch)
@@ -103,6 +103,25 @@ def engines(model_dir: str, windows: Dict[str, np.ndarray], n: int) -> Dict[str,
         r["ort_speedup_p50"] = r["torch_eager"]["p50_ms"] / r["onnxruntime"]["p50_ms"]
         out["batch_{}".format(batch)] = r
     return out
+
+
+def _conv_macs(model: Any, rt: Any, windows: Dict[str, np.ndarray]) -> int:
+    """Multiply-adds of the model's convolutions for one window (counted on the torch model's layers)."""
+    import torch
+    from torch import nn
+    macs = [0]
+
+    def count(mod: Any, inp: Any, out: Any) -> None:
+        macs[0] += int(out.numel()) * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model.forward_with_embedding([torch.from_numpy(np.ascontiguousarray(windows[m][:1])) for m in rt.modalities],
+                                         torch.ones(1, len(rt.modalities), dtype=torch.bool))
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs[0]
 
 
 def _server_env() -> Dict[str, str]:
@@ -346,6 +365,19 @@ def cold_start(model_dir: str, windows: Dict[str, np.ndarray], starts: int, tmp:
     return out
 
 
+def conv_reading(e: Dict[str, Any], profile: List[Any]) -> str:
+    """How fast the convolutions already run at batch 32, and what 3x torch would ask of them."""
+    macs = 32 * e["conv_macs_per_window"]
+    conv_share = sum(share for op, share in profile if "Conv" in op)
+    ort_ms, torch_ms = e["batch_32"]["onnxruntime"]["p50_ms"], e["batch_32"]["torch_eager"]["p50_ms"]
+    return ("Convolutions: {:.1f} M multiply-adds per window. At batch 32 ONNX Runtime's convolution kernels "
+            "run them at {:.0f} GMAC/s on one core ({:.0%} of {:.2f} ms); torch eager's whole batch takes {:.2f} ms "
+            "({:.0f} GMAC/s counting the convolutions alone). 3x torch would be {:.2f} ms per batch: the "
+            "convolutions alone at {:.0f} GMAC/s even if everything else took no time.".format(
+                e["conv_macs_per_window"] / 1e6, macs / (conv_share * ort_ms * 1e6), conv_share, ort_ms, torch_ms,
+                macs / (torch_ms * 1e6), torch_ms / 3, macs / (torch_ms / 3 * 1e6)))
+
+
 def markdown(r: Dict[str, Any]) -> str:
     e, g, c = r["engines"], r["grpc"], r["cold_start"]
     lines = ["# Edge serving latency", "", "`{}` on {} ({} windows of `{}`), {}.".format(
@@ -361,6 +393,7 @@ def markdown(r: Dict[str, Any]) -> str:
         e["batch_1"]["ort_speedup_p50"], e["batch_32"]["ort_speedup_p50"]), "",
         "ONNX Runtime's own profile at batch 32 (share of node time by op type): " + ", ".join(
             "{} {:.0%}".format(op, share) for op, share in r["ort_profile_batch_32"]) + ".", "",
+        conv_reading(e, r["ort_profile_batch_32"]), "",
         "## Predict at batch 1: gRPC against the in-process call", "",
         "| path | p50 ms | p99 ms | p50 / in-process |", "|---|---|---|---|",
         "| in-process `Runtime.predict` | {:.3f} | {:.3f} | 1.00 |".format(g["in_process"]["p50_ms"],
