@@ -97,9 +97,14 @@ def run_candidate(name: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
     return dict(cached_json(path, stage2), config=CANDIDATES[name], quality=q)
 
 
-def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int], modalities: List[str]) -> Dict[str, Any]:
+def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int], modalities: List[str],
+              base_name: str = BASE_NAME) -> Dict[str, Any]:
+    """Rows per candidate; differences paired by seed against ``base_name`` (when it ran): on test, and on
+    the selection score itself (validation over the sensor subsets), so a lead can be told from noise."""
     rows = OrderedDict()  # type: Dict[str, Any]
-    base = [runs[BASE_NAME][s]["test"]["accuracy"] for s in seeds] if BASE_NAME in runs else None
+    have = base_name in runs
+    base = [runs[base_name][s]["test"]["accuracy"] for s in seeds] if have else None
+    base_val = [runs[base_name][s]["val"]["subsets"] for s in seeds] if have else None
     for name, by_seed in runs.items():
         rs = [by_seed[s] for s in seeds]
         test = [r["test"]["accuracy"] for r in rs]
@@ -110,40 +115,44 @@ def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int], modalities: Lis
             "test": mean_std(test),
             "test_macro_f1": mean_std([r["test"]["macro_f1"] for r in rs]),
             "test_without": {m: mean_std([r["test"]["without"][m] for r in rs]) for m in modalities},
-            "test_vs_labels_only": paired(base, test) if base else None,
+            "test_vs_base": paired(base, test) if have and name != base_name else None,
+            "val_subsets_vs_base": paired(base_val, [r["val"]["subsets"] for r in rs])
+            if have and name != base_name else None,
             "seconds": float(np.mean([r["seconds"] for r in rs])),
             "epochs": rs[0]["epochs"],
             "per_seed_test": test,
         }
     chosen = max(rows, key=lambda n: (round(rows[n]["val_subsets"]["mean"], 9), rows[n]["val"]["mean"]))
-    return {"seeds": seeds, "rows": rows, "chosen": chosen, "modalities": modalities}
+    return {"seeds": seeds, "rows": rows, "chosen": chosen, "modalities": modalities, "base": base_name}
 
 
 def markdown(r: Dict[str, Any]) -> str:
     def pct(m: Dict[str, float]) -> str:
         return "{:.1f} ± {:.1f}".format(100 * m["mean"], 100 * m["std"])
-    mods = r["modalities"]
+    mods, base = r["modalities"], r.get("base", BASE_NAME)
     lines = ["# Stage 2 with unlabeled windows (UCI HAPT, 1 % labels, subject-wise split)", "",
              "Seeds {}: each its own 1 % labels and stage-1 encoders ({}, {} epochs), "
              "shared by every candidate of the seed; stage 2: ConcatAttn, Hopkins quality prior, {} epochs capped "
              "at about {} optimizer steps (x{} for the candidates so named), epoch chosen on validation; unlabeled windows from the stage-1 pool. "
              "Chosen on the mean **validation** accuracy over the sensor subsets (all present, each one off; ties: "
-             "validation accuracy with all): **{}**. Test differences are paired by seed against `{}`, 95 % t "
+             "validation accuracy with all): **{}**. Differences are paired by seed against `{}`, 95 % t "
              "interval. Ran on CPU ({} s of stage-2 training in all runs).".format(
                  r["seeds"], "those of `{}`".format(r["args"]["stage1_from"]) if r["args"].get("stage1_from")
                  else "Cosmo-HAR's default stage 1", r["args"]["s1_epochs"], r["args"]["s2_epochs"], r["args"]["s2_max_steps"], LONGER, r["chosen"],
-                 BASE_NAME, int(r["seconds"])), "",
-             "| candidate | stage-2 settings | epochs | val | val, sensor subsets | test | test macro-F1 | " +
-             " | ".join("test, {} off".format(m) for m in mods) + " | test − {} [95 % CI] | s per run |".format(BASE_NAME),
-             "|---|---|---|---|---|---|---|" + "---|" * len(mods) + "---|---|"]
+                 base, int(r["seconds"])), "",
+             "| candidate | stage-2 settings | epochs | val | val, sensor subsets | val, sensor subsets − {} [95 % CI] "
+             "| test | test macro-F1 | ".format(base) + " | ".join("test, {} off".format(m) for m in mods) +
+             " | test − {} [95 % CI] | s per run |".format(base),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(mods) + "---|---|"]
+
+    def diff(d: Any) -> str:
+        return "{:+.1f} [{:+.1f}, {:+.1f}]".format(100 * d["mean"], 100 * d["ci_low"], 100 * d["ci_high"]) if d else "–"
     for name, row in r["rows"].items():
-        d = row["test_vs_labels_only"]
         cfg = ", ".join("{}={}".format(k, v) for k, v in row["config"].items()) or "labeled windows alone"
-        lines.append("| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0f} |".format(
+        lines.append("| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0f} |".format(
             name, " (chosen)" if name == r["chosen"] else "", cfg, row["epochs"], pct(row["val"]), pct(row["val_subsets"]),
-            pct(row["test"]), pct(row["test_macro_f1"]), " | ".join(pct(row["test_without"][m]) for m in mods),
-            "{:+.1f} [{:+.1f}, {:+.1f}]".format(100 * d["mean"], 100 * d["ci_low"], 100 * d["ci_high"]) if d else "–",
-            row["seconds"]))
+            diff(row.get("val_subsets_vs_base")), pct(row["test"]), pct(row["test_macro_f1"]),
+            " | ".join(pct(row["test_without"][m]) for m in mods), diff(row.get("test_vs_base")), row["seconds"]))
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +189,8 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     ap.add_argument("--stage1-from", help="an accuracy run's --out whose HAPT stage-1 encoders to reuse")
     ap.add_argument("--s2-max-steps", type=int, default=500, help="as benchmarks.accuracy --s2-max-steps")
+    ap.add_argument("--paired-with", default=BASE_NAME, choices=list(CANDIDATES),
+                    help="the candidate every other is compared with, paired by seed (default: %(default)s)")
     add_study_flags(ap, "seed 0, 2 stage-1 and 6 stage-2 epochs: a smoke run")
     a = ap.parse_args(argv)
     if a.quick:
@@ -199,7 +210,7 @@ def main(argv: Any = None) -> int:
                 bar.update(1)
     if a.no_report:
         return 0
-    r = summarize(runs, a.seeds, list(train.modalities))
+    r = summarize(runs, a.seeds, list(train.modalities), a.paired_with)
     r.update(args=vars(a), seconds=sum(x["seconds"] for by in runs.values() for x in by.values()))
     write_report(a.out, "semi", r, markdown, plot)
     return 0

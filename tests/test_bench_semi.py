@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/semi.py on a tiny synthetic data set: the candidates share one stage 1 and the
 labels of a seed, the choice is the best validation accuracy over sensor subsets, the longer candidates
-get the longer budget, --stage1-from reuses encoders, and --report-only trains nothing."""
+get the longer budget, --stage1-from reuses encoders, --report-only trains nothing, and --paired-with
+sets the candidate the others are compared with."""
 import json
 import os
 
@@ -27,7 +28,9 @@ def test_semi_benchmark_chooses_on_validation_over_sensor_subsets(bench, tmp_pat
         r = json.load(f)
     rows = r["rows"]
     assert r["chosen"] == max(rows, key=lambda n: (rows[n]["val_subsets"]["mean"], rows[n]["val"]["mean"]))
-    assert rows["labels only"]["test_vs_labels_only"]["mean"] == 0.0
+    assert rows["labels only"]["test_vs_base"] is None and r["base"] == "labels only"
+    d = rows["pseudo 0.8 + drop"]["val_subsets_vs_base"]  # the selection score, paired by seed
+    assert d["ci_low"] <= d["mean"] <= d["ci_high"]
     assert [rows[n]["epochs"] for n in rows] == [2, 2, 5]
     runs = [json.load(open(os.path.join(out, d, "seed0.json")))
             for d in ("labels_only", "pseudo_08_plus_drop", "pseudo_08_plus_drop_x25_steps")]
@@ -45,5 +48,9 @@ def test_semi_benchmark_chooses_on_validation_over_sensor_subsets(bench, tmp_pat
     with pytest.raises(SystemExit, match="--stage1-from: .*seed2"):
         bench.main(["--out", other, "--stage1-from", out, "--seeds", "2", "--candidates", "labels only"])
     before = sorted(os.listdir(out))
-    assert bench.main(argv + ["--report-only"]) == 0
+    assert bench.main(argv + ["--report-only", "--paired-with", "pseudo 0.8 + drop, x2.5 steps"]) == 0
     assert sorted(os.listdir(out)) == before
+    with open(os.path.join(out, "semi.json")) as f:
+        r = json.load(f)
+    assert r["base"] == "pseudo 0.8 + drop, x2.5 steps" and r["rows"]["labels only"]["test_vs_base"] is not None
+    assert "val, sensor subsets − pseudo 0.8 + drop, x2.5 steps" in open(os.path.join(out, "semi.md")).read()
