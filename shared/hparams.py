@@ -208,9 +208,9 @@ class Stage2Config:
 # ``benchmarks/semi.py`` (HAPT, 1 % labels, 5 seeds; the validation accuracy averaged over every sensor
 # present and each one switched off): pseudo-labels on the unlabeled windows with consistency, modality
 # dropout, and the longer run those need. Re-checked over 10 seeds on today's stage 1: no challenger
-# (threshold 0.95, EMA of the weights) leads it on validation beyond noise. "labels-only": Stage2Config's defaults, the labeled windows alone
-# (this project's stage 2 before that study). "paper": as "labels-only" with the encoders trained first,
-# the paper's order.
+# (threshold 0.95, EMA of the weights) leads it on validation beyond noise. "labels-only":
+# Stage2Config's defaults, the labeled windows alone (this project's stage 2 before that study).
+# "paper": as "labels-only" with the encoders trained first, the paper's order.
 STAGE2_PRESETS = {
     "cosmo-har": {"unlabeled_weight": 1.0, "threshold": 0.8, "modality_dropout": 0.3, "epochs": 250},
     "labels-only": {},
