@@ -274,13 +274,18 @@ def _run_method(key: str, kw: Dict[str, Any], enc_path: Optional[str], q: Option
     return _result(train_method(key, kw, enc_path, q, lab, val, cfg, unl), test, lab)
 
 
+def stage1_dir(root: str, key: str) -> str:
+    """Where ``pretrained`` keeps the encoders of ``key`` for one seed (``root``: ``OUT/DATASET/seedN``)."""
+    return os.path.join(root, STAGE1_DIRS.get(key, key))
+
+
 def pretrained(key: str, root: str, unl: MultimodalDataset, num_classes: int, epochs: int, seed: int,
                reuse_only: bool = False) -> Tuple[str, List[float]]:
     """The pretrained encoders of ``key`` (``"cosmo"``, ``"cosmo_paper"``, ``"cmc"``, ``"cpc"``) for one
     seed, in this benchmark's layout under ``root`` (``OUT/DATASET/seedN``): their path and quality scores
     ``q``, pretrained on ``unl`` for ``epochs`` and scored unless cached there. ``reuse_only``: a missing
     file is a one-line error instead (another study reusing this run's encoders)."""
-    out = os.path.join(root, STAGE1_DIRS.get(key, key))
+    out = stage1_dir(root, key)
     enc, summary = os.path.join(out, "encoders.pt"), os.path.join(out, "summary.json")
     if reuse_only and not os.path.isfile(enc):
         raise SystemExit("--stage1-from: {} not found (run benchmarks.accuracy for that seed first)".format(enc))
@@ -375,7 +380,7 @@ def main(argv: Any = None) -> int:
             for key in [k for k in list(STAGE1) + list(PRETRAINED) if k in keys]:
                 bar.set_postfix_str("{} seed {} {}".format(
                     d, seed, "stage 1 ({})".format(key) if key in STAGE1 else "{} pretraining".format(key)))
-                sub = os.path.join(root, STAGE1_DIRS.get(key, key))
+                sub = stage1_dir(root, key)
                 enc[key] = os.path.join(sub, "encoders.pt")
                 if not a.report_only:  # pretrains and scores unless cached (a cache of another config: an error)
                     pretrained(key, root, unl, train.num_classes, a.s1_epochs, seed)

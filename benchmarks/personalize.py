@@ -138,6 +138,12 @@ def _test_gain(rs: List[Dict[str, Any]], subjects: List[str], c: str) -> Dict[st
     return {s: float(np.mean([100 * (x["test"][s][c] - x["test"][s][NONE]) for x in rs])) for s in subjects}
 
 
+def _gain_summary(gains: List[float]) -> Dict[str, Any]:
+    """Per-subject gains (points): their mean with its 95 % interval, and how many subjects improved or worsened."""
+    return {"subject_gain": paired([0.0] * len(gains), gains), "improved": sum(g > 0 for g in gains),
+            "worsened": sum(g < 0 for g in gains)}
+
+
 def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
     out = {}  # type: Dict[str, Any]
     for m in r["methods"]:
@@ -145,7 +151,7 @@ def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
         cands = [key(c) for c in r["grid"]]
         val_pairs = {c: [100 * (row[c] - row[NONE]) for x in rs for row in x["val"].values()] for c in cands}
         val_ci = {c: paired([0.0] * len(g), g) for c, g in val_pairs.items()}
-        val_gain = {c: val_ci[c]["mean"] / 100 for c in cands}
+        val_gain = {c: val_ci[c]["mean"] for c in cands}  # points
         best = max(cands, key=lambda c: val_gain[c])
         sure = [c for c in cands if val_ci[c]["ci_low"] > 0]
         chosen = max(sure, key=lambda c: val_gain[c]) if sure else NONE
@@ -153,16 +159,11 @@ def summarize(r: Dict[str, Any]) -> Dict[str, Any]:
         per_subject = _test_gain(rs, subjects, chosen)
         loose = best if val_gain[best] > 0 else NONE  # the looser rule: any positive mean on validation
         loose_gains = list(_test_gain(rs, subjects, loose).values())
-        gains = list(per_subject.values())
-        zero = [0.0] * len(gains)
         before = [100 * float(np.mean([x["test"][s][NONE] for s in subjects])) for x in rs]
         after = [100 * float(np.mean([x["test"][s][chosen] for s in subjects])) for x in rs]
-        out[m] = {"val_gain_points": {c: 100 * v for c, v in val_gain.items()}, "val_gain_ci": val_ci, "chosen": chosen,
-                  "loose_rule": {"chosen": loose, "subject_gain": paired([0.0] * len(loose_gains), loose_gains),
-                                 "improved": sum(g > 0 for g in loose_gains),
-                                 "worsened": sum(g < 0 for g in loose_gains)},
-                  "per_subject_gain": per_subject, "subject_gain": paired(zero, gains),
-                  "improved": sum(g > 0 for g in gains), "worsened": sum(g < 0 for g in gains),
+        out[m] = {"val_gain_points": val_gain, "val_gain_ci": val_ci, "chosen": chosen,
+                  "loose_rule": dict(_gain_summary(loose_gains), chosen=loose),
+                  "per_subject_gain": per_subject, **_gain_summary(list(per_subject.values())),
                   "test_accuracy": mean_std([100 * x["test_accuracy"] for x in rs]),
                   "accuracy_run_test_accuracy": [100 * x["accuracy_run_test_accuracy"] for x in rs
                                                  if "accuracy_run_test_accuracy" in x],
