@@ -4,19 +4,22 @@ Same bytes, same machine, same run, each server in its own process as in a deplo
 ``--mb`` MiB is published into a real ``cloud-server serve``'s registry, then, for every chunk size of
 ``--chunk-kb`` and ``--repeats`` times (interleaved, so drift hits every path alike):
 
-1. ``grpc_download``: ``ModelRegistry.Download`` read to the end (the bare stream);
+1. ``grpc_download``: ``ModelRegistry.Download`` read to the end (the bare stream, in this process with
+   malloc tuned as the client helper tunes it: ``shared.alloc``; ``--default-malloc`` leaves it alone
+   for both);
 2. ``client_helper``: ``shared.client.download_file`` (adds sha256, writing to disk, fsync);
 3. ``tcp_socket``: a plain TCP server process that reads the same blob file in 1 MiB blocks and
    ``sendall``-s them to a client that ``recv_into``-s it (what a bare socket server costs).
 
-Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, and the best
-chunk size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
+Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, the
+receiving client's minor page faults per GB, and the best chunk size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
 
     python -m benchmarks.transfer --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
 """
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -31,6 +34,7 @@ import numpy as np
 
 from benchmarks.fleet import proc_stat
 from cloud.registry import Registry
+from shared.alloc import tune_for_large_messages
 from shared.client import download_file
 from shared.rpc import ModelRegistryStub, pb
 from shared.rpc.chunks import decode_chunk
@@ -83,10 +87,12 @@ def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
 
 
 def _measured(fn: Any, pid: int, *args: Any) -> Dict[str, float]:
-    """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile."""
-    c0 = proc_stat(pid)["cpu_s"]
+    """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile and the minor page
+    faults of this (the receiving) process."""
+    c0, f0 = proc_stat(pid)["cpu_s"], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     r = fn(*args)
     r["server_cpu_s"] = proc_stat(pid)["cpu_s"] - c0
+    r["client_minflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     return r
 
 
@@ -100,7 +106,12 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--mb", type=int, default=128, help="blob size in MiB")
     ap.add_argument("--chunk-kb", type=int, nargs="+", default=[256, 1024, 3072], help="chunk sizes to compare (KiB)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave this process's glibc malloc at its defaults (COSMO_MALLOC_TUNING=0), for an A/B")
     a = ap.parse_args(argv)
+    if a.default_malloc:
+        os.environ["COSMO_MALLOC_TUNING"] = "0"  # also for the client helper's calls
+    malloc_tuned = tune_for_large_messages()
     os.makedirs(a.out, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     runs: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
@@ -151,28 +162,35 @@ def main(argv: Any = None) -> int:
             mbps = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
             ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
             cpu = [r["server_cpu_s"] / (r["bytes"] / 1e9) for r in rs if "server_cpu_s" in r]
+            flt = [r["client_minflt"] / (r["bytes"] / 1e9) for r in rs if "client_minflt" in r]
             s[k] = {"MB_per_s_median": statistics.median(mbps), "MB_per_s": mbps,
                     "ttfb_ms_median": statistics.median(ttfb) if ttfb else None,
-                    "server_cpu_s_per_GB_median": statistics.median(cpu) if cpu else None}
+                    "server_cpu_s_per_GB_median": statistics.median(cpu) if cpu else None,
+                    "client_minflt_per_GB_median": statistics.median(flt) if flt else None}
         s["grpc_over_tcp"] = s["grpc_download"]["MB_per_s_median"] / s["tcp_socket"]["MB_per_s_median"]
         s["helper_time_over_stream"] = s["grpc_download"]["MB_per_s_median"] / s["client_helper"]["MB_per_s_median"]
     best = max(summary, key=lambda kb: summary[kb]["grpc_over_tcp"])
     result = {"mb": a.mb, "repeats": a.repeats, "chunk_kb": a.chunk_kb, "summary": summary, "best_chunk_kb": int(best),
               "grpc_over_tcp": summary[best]["grpc_over_tcp"], "host": os.uname().nodename, "cpus": os.cpu_count(),
-              "grpcio": grpc.__version__}
+              "grpcio": grpc.__version__, "malloc_tuned": malloc_tuned}
     with open(os.path.join(a.out, "transfer.json"), "w") as f:
         json.dump(result, f, indent=2)
     lines = ["# Download throughput on loopback ({} MiB blob, median of {}; servers in their own processes)".format(
         a.mb, a.repeats), "",
         "| chunk (KiB) | gRPC Download MB/s | client helper MB/s | plain TCP MB/s | gRPC / TCP | helper time / stream time "
-        "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) |", "|---|---|---|---|---|---|---|---|"]
+        "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) | client page faults per GB, gRPC / TCP |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for kb, s in summary.items():
-        lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} | {:.2f} / {:.2f} |".format(
+        lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} | {:.2f} / {:.2f} "
+                     "| {:.0f} / {:.0f} |".format(
             kb, s["grpc_download"]["MB_per_s_median"], s["client_helper"]["MB_per_s_median"],
             s["tcp_socket"]["MB_per_s_median"], s["grpc_over_tcp"], s["helper_time_over_stream"],
             s["grpc_download"]["server_cpu_s_per_GB_median"], s["tcp_socket"]["server_cpu_s_per_GB_median"],
-            s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"]))
-    lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}).".format(best, summary[best]["grpc_over_tcp"])]
+            s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"],
+            s["grpc_download"]["client_minflt_per_GB_median"], s["tcp_socket"]["client_minflt_per_GB_median"]))
+    lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}). Receiving client's malloc: {}.".format(
+        best, summary[best]["grpc_over_tcp"], "tuned for large messages (shared.alloc)" if malloc_tuned else
+        "glibc defaults (--default-malloc)")]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "transfer.md"), "w") as f:
         f.write(text)

@@ -71,11 +71,11 @@ fi
 echo "-- compileall shared edge (Python 3.6)"
 "$VPY" -m compileall -q shared edge
 
-echo "-- tests/shared/test_data.py (Python 3.6, no torch)"
+echo "-- tests/shared/test_data.py, test_download_io.py (Python 3.6, no torch)"
 # pytest 6.2.5 reads pyproject's [tool.pytest.ini_options] (markers, addopts = -m 'not slow') but not
 # its pythonpath option (pytest >= 7): PYTHONPATH does that job; the warning about it is filtered.
 PYTHONPATH=. "$VPY" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
-  tests/shared/test_data.py
+  tests/shared/test_data.py tests/shared/test_download_io.py
 
 if [ -x .venv/bin/python ]; then
   echo "-- tests/edge: serving without torch and the deploy files (Python 3.6, the TX2 stack)"

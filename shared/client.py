@@ -16,7 +16,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import grpc
 
+from .alloc import tune_for_large_messages
 from .errors import CosmoError, DataError
+from .files import start_writeback
 from .manifest import check_file_path
 from .rpc import ModelRegistryStub, TrainingStub, pb
 from .rpc.auth import read_file, read_token
@@ -125,15 +127,19 @@ def _chunks(stub: Any, req: Any, timeout_s: Optional[float]) -> Iterator[Tuple[i
 class _Sink(object):
     """Appends received chunks to a file and hashes them, on two worker threads (one writes, one hashes;
     both release the GIL), so the network stream never waits for the disk or sha256 and the two overlap
-    each other; at most ``depth`` chunks wait for each. ``close`` drains both, flushes and fsyncs, and
-    re-raises a worker's error (a full disk, say)."""
+    each other; at most ``depth`` chunks wait for each. Every ``WRITEBACK_BYTES`` written, the disk write
+    of those bytes is started (``start_writeback``), so the final fsync does not wait for the whole file.
+    ``close`` drains both, flushes and fsyncs, and re-raises a worker's error (a full disk, say)."""
+
+    WRITEBACK_BYTES = 8 << 20
 
     def __init__(self, path: str, h: Any, depth: int = 8) -> None:
-        self.f = open(path, "ab")
+        self.f = open(path, "ab", buffering=0)
+        self.written = self.synced = self.f.tell()
         self.error = None  # type: Optional[BaseException]
         self.queues = []  # type: List[queue.Queue]
         self.threads = []  # type: List[threading.Thread]
-        for name, fn in (("download-write", self.f.write), ("download-hash", h.update)):
+        for name, fn in (("download-write", self._write), ("download-hash", h.update)):
             q = queue.Queue(maxsize=depth)  # type: queue.Queue
             t = threading.Thread(target=self._run, args=(q, fn), name=name, daemon=True)
             t.start()
@@ -152,6 +158,15 @@ class _Sink(object):
             except BaseException as e:  # reported by put()/close() on the receiving thread
                 self.error = e
 
+    def _write(self, data: Any) -> None:
+        view = memoryview(data)
+        while view:  # an unbuffered write may write less than asked
+            view = view[self.f.write(view):]
+        self.written += len(data)
+        if self.WRITEBACK_BYTES and self.written - self.synced >= self.WRITEBACK_BYTES:
+            start_writeback(self.f.fileno(), self.synced, self.written - self.synced)
+            self.synced = self.written
+
     def put(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
@@ -165,7 +180,6 @@ class _Sink(object):
             t.join()
         try:
             if self.error is None:
-                self.f.flush()
                 os.fsync(self.f.fileno())
         finally:
             self.f.close()
@@ -181,8 +195,10 @@ def download_file(stub: Any, name: str, version: int, file: str, dest: str, size
     After a dropped connection it asks again from the last byte it has (up to ``retries`` times with
     exponential backoff). The finished file is checked against ``size`` and ``sha256`` (raises
     ``VerificationError``; the partial file is removed so the next try starts clean) and only then
-    renamed to ``dest``. Returns ``{"bytes_received", "resumed_from", "attempts"}``.
+    renamed to ``dest``. Returns ``{"bytes_received", "resumed_from", "attempts"}``. The process's malloc is
+    tuned for large messages on the first call (``shared.alloc``).
     """
+    tune_for_large_messages()
     part = dest + ".part"
     d = os.path.dirname(dest)
     if d:
