@@ -5,8 +5,8 @@ Same bytes, same machine, same run, each server in its own process as in a deplo
 ``--chunk-kb`` and ``--repeats`` times (interleaved, so drift hits every path alike):
 
 1. ``grpc_download``: ``ModelRegistry.Download`` read to the end (the bare stream, in this process with
-   malloc tuned as the client helper tunes it: ``shared.alloc``; ``--default-malloc`` leaves it alone
-   for both);
+   malloc tuned as the client helper and the server tune it: ``shared.alloc``; ``--default-malloc``
+   leaves it alone in all three);
 2. ``client_helper``: ``shared.client.download_file`` (adds sha256, writing to disk, fsync);
 3. ``tcp_socket``: a plain TCP server process that reads the same blob file in 1 MiB blocks and
    ``sendall``-s them to a client that ``recv_into``-s it (what a bare socket server costs).
@@ -107,10 +107,11 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--chunk-kb", type=int, nargs="+", default=[256, 1024, 3072], help="chunk sizes to compare (KiB)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--default-malloc", action="store_true",
-                    help="leave this process's glibc malloc at its defaults (COSMO_MALLOC_TUNING=0), for an A/B")
+                    help="glibc malloc at its defaults in this process and the cloud-server "
+                    "(COSMO_MALLOC_TUNING=0), for an A/B")
     a = ap.parse_args(argv)
     if a.default_malloc:
-        os.environ["COSMO_MALLOC_TUNING"] = "0"  # also for the client helper's calls
+        os.environ["COSMO_MALLOC_TUNING"] = "0"  # also for the client helper's calls and the server
     malloc_tuned = tune_for_large_messages()
     os.makedirs(a.out, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -123,6 +124,7 @@ def main(argv: Any = None) -> int:
         with Registry(data) as reg:
             man = reg.publish("bench", {"blob.bin": (blob, "blob")}, {"format": "cosmo-har/manifest"})
             stored = str(reg.open_blob("bench", man["version"], "blob.bin")[0])
+        os.sync()  # the setup's dirty pages (blob, registry copy) on disk now, not in the first measured fsync
         f0 = man["files"][0]
         ready = os.path.join(tmp, "port")
         cloud = _start([os.path.join(os.path.dirname(sys.executable), "cloud-server"), "serve", "--data-dir", data, "--listen", "127.0.0.1:0",

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from shared.alloc import tune_for_large_messages
 from shared.errors import CosmoError
 from shared.files import write_text
 from shared.flags import host_port
@@ -246,6 +247,7 @@ def serve(data_dir: str, listen: str, token: str | None = None, tls: grpc.Server
     # The event loop shares the GIL with the executor threads; a shorter switch interval (default 5 ms)
     # bounds how long health checks and small RPCs wait for it while blob reads run.
     sys.setswitchinterval(0.001)
+    tune_for_large_messages()  # Download builds a MiB-sized message per chunk: reuse them (shared/alloc.py)
     srv = CloudServer(data_dir, listen, token=token, tls=tls, max_jobs=max_jobs, limits=limits, retention=retention,
                       prune_interval_s=prune_interval_s, scrub_interval_s=scrub_interval_s, datasets_dir=datasets_dir,
                       metrics_listen=metrics_listen)
