@@ -129,7 +129,7 @@ class _Sink(object):
     both release the GIL), so the network stream never waits for the disk or sha256 and the two overlap
     each other; at most ``depth`` chunks wait for each. Every ``WRITEBACK_BYTES`` written, the disk write
     of those bytes is started (``start_writeback``), so the final fsync does not wait for the whole file.
-    ``close`` drains both, flushes and fsyncs, and re-raises a worker's error (a full disk, say)."""
+    ``close`` drains both, fsyncs, and re-raises a worker's error (a full disk, say)."""
 
     WRITEBACK_BYTES = 8 << 20
 

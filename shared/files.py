@@ -35,9 +35,6 @@ def cached_json(path: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-__all__ = ["cached_json", "write_json", "write_text"]
-
-
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the range's dirty pages, do not wait
 
 
@@ -59,3 +56,6 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
     little left to wait for. Not a durability guarantee (``fsync`` still is). False where unavailable."""
     fn = _sync_file_range()
     return fn is not None and fn(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) == 0
+
+
+__all__ = ["cached_json", "start_writeback", "write_json", "write_text"]
