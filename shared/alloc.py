@@ -6,9 +6,9 @@ one per chunk, and the receiving grpcio assembles each in a growing ``bytearray`
 or unmaps them, and the next ones fault fresh zeroed pages from the kernel again: measured on loopback
 (2 cores, ``benchmarks/transfer.py``), 30,000-79,000 minor page faults per GB received and 0.45-0.55
 CPU s per GB in the receiving client. With buffers of that size served from the heap and up to
-``KEEP_BYTES`` of freed heap kept for reuse, it is 4-700 faults and about 0.35 s per GB; tuned on the
-server as well (six paired runs of a bare 256 MiB stream), the server spent 0.52-0.60 CPU s per GB
-against 0.52-0.63 and the stream ran at a median 1,885 against 1,650 MB/s.
+``KEEP_BYTES`` of freed heap kept for reuse, it is 4-3,400 faults (median 30) and about 0.35 s per GB;
+tuned on the server as well (six paired runs of a bare 256 MiB stream), the server spent 0.52-0.60 CPU
+s per GB against 0.52-0.63 and the stream ran at a median 1,885 against 1,650 MB/s.
 
 ``tune_for_large_messages`` applies this once per process: ``shared.client.download_file`` calls it (so
 ``edge-agent`` gets it when it pulls a model) and so does ``cloud-server serve``. It costs at most
