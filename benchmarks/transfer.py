@@ -12,7 +12,8 @@ Same bytes, same machine, same run, each server in its own process as in a deplo
    ``sendall``-s them to a client that ``recv_into``-s it (what a bare socket server costs).
 
 Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, the
-receiving client's minor page faults per GB, and the best chunk size. Writes ``transfer.json`` and
+receiving client's minor page faults per GB, how many cores client and server kept busy together, and
+the best chunk size. Writes ``transfer.json`` and
 ``transfer.md`` into ``--out``.
 
     python -m benchmarks.transfer --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
@@ -88,12 +89,23 @@ def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
 
 
 def _measured(fn: Any, pid: int, *args: Any) -> Dict[str, float]:
-    """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile and the minor page
-    faults of this (the receiving) process."""
-    c0, f0 = proc_stat(pid)["cpu_s"], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    """``fn(*args)`` plus the CPU seconds the server process ``pid`` spent meanwhile, and the CPU seconds
+    (all threads) and minor page faults of this, the receiving, process."""
+    c0, u0 = proc_stat(pid)["cpu_s"], resource.getrusage(resource.RUSAGE_SELF)
     r = fn(*args)
     r["server_cpu_s"] = proc_stat(pid)["cpu_s"] - c0
-    r["client_minflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
+    r["client_cpu_s"] = u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime
+    r["client_minflt"] = u1.ru_minflt - u0.ru_minflt
+    return r
+
+
+def helper_download(stub: Any, version: int, chunk: int, dest: str, size: int, sha256: str) -> Dict[str, float]:
+    """The client helper to the end: stream, sha256, write, fsync (the file is removed after)."""
+    t0 = time.perf_counter()
+    download_file(stub, "bench", version, "blob.bin", dest, size, sha256, chunk_size=chunk)
+    r = {"seconds": time.perf_counter() - t0, "ttfb_s": float("nan"), "bytes": size}
+    os.remove(dest)
     return r
 
 
@@ -143,15 +155,10 @@ def main(argv: Any = None) -> int:
             for kb in a.chunk_kb:
                 chunk = kb * 1024
                 r = runs[str(kb)] = {"grpc_download": [], "client_helper": [], "tcp_socket": []}
-                for i in range(a.repeats):
+                for _ in range(a.repeats):
                     r["grpc_download"].append(_measured(grpc_stream, cloud.pid, stub, man["version"], chunk))
-                    dest = os.path.join(tmp, "got{}.bin".format(i))
-                    t0 = time.perf_counter()
-                    download_file(stub, "bench", man["version"], "blob.bin", dest, f0["size"], f0["sha256"],
-                                  chunk_size=chunk)
-                    r["client_helper"].append({"seconds": time.perf_counter() - t0, "ttfb_s": float("nan"),
-                                               "bytes": f0["size"]})
-                    os.remove(dest)
+                    r["client_helper"].append(_measured(helper_download, cloud.pid, stub, man["version"], chunk,
+                                                        os.path.join(tmp, "got.bin"), f0["size"], f0["sha256"]))
                     r["tcp_socket"].append(_measured(tcp_stream, tcp.pid, tcp_port, chunk))
             ch.close()
         finally:
@@ -166,10 +173,12 @@ def main(argv: Any = None) -> int:
             ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
             cpu = [r["server_cpu_s"] / (r["bytes"] / 1e9) for r in rs if "server_cpu_s" in r]
             flt = [r["client_minflt"] / (r["bytes"] / 1e9) for r in rs if "client_minflt" in r]
+            both = [(r["client_cpu_s"] + r["server_cpu_s"]) / r["seconds"] for r in rs if "client_cpu_s" in r]
             s[k] = {"MB_per_s_median": statistics.median(mbps), "MB_per_s": mbps,
                     "ttfb_ms_median": statistics.median(ttfb) if ttfb else None,
                     "server_cpu_s_per_GB_median": statistics.median(cpu) if cpu else None,
-                    "client_minflt_per_GB_median": statistics.median(flt) if flt else None}
+                    "client_minflt_per_GB_median": statistics.median(flt) if flt else None,
+                    "cores_busy_median": statistics.median(both) if both else None}
         s["grpc_over_tcp"] = s["grpc_download"]["MB_per_s_median"] / s["tcp_socket"]["MB_per_s_median"]
         s["helper_time_over_stream"] = s["grpc_download"]["MB_per_s_median"] / s["client_helper"]["MB_per_s_median"]
     best = max(summary, key=lambda kb: summary[kb]["grpc_over_tcp"])
@@ -181,19 +190,23 @@ def main(argv: Any = None) -> int:
     lines = ["# Download throughput on loopback ({} MiB blob, median of {}; servers in their own processes)".format(
         a.mb, a.repeats), "",
         "| chunk (KiB) | gRPC Download MB/s | client helper MB/s | plain TCP MB/s | gRPC / TCP | helper time / stream time "
-        "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) | client page faults per GB, gRPC / TCP |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) | client page faults per GB, gRPC / TCP "
+        "| cores busy (client + server CPU / wall), gRPC / helper / TCP |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for kb, s in summary.items():
         lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} | {:.2f} / {:.2f} "
-                     "| {:.0f} / {:.0f} |".format(
+                     "| {:.0f} / {:.0f} | {:.2f} / {:.2f} / {:.2f} |".format(
             kb, s["grpc_download"]["MB_per_s_median"], s["client_helper"]["MB_per_s_median"],
             s["tcp_socket"]["MB_per_s_median"], s["grpc_over_tcp"], s["helper_time_over_stream"],
             s["grpc_download"]["server_cpu_s_per_GB_median"], s["tcp_socket"]["server_cpu_s_per_GB_median"],
             s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"],
-            s["grpc_download"]["client_minflt_per_GB_median"], s["tcp_socket"]["client_minflt_per_GB_median"]))
-    lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}). Receiving client's malloc: {}.".format(
-        best, summary[best]["grpc_over_tcp"], "tuned for large messages (shared.alloc)" if malloc_tuned else
-        "glibc defaults (--default-malloc)")]
+            s["grpc_download"]["client_minflt_per_GB_median"], s["tcp_socket"]["client_minflt_per_GB_median"],
+            s["grpc_download"]["cores_busy_median"], s["client_helper"]["cores_busy_median"],
+            s["tcp_socket"]["cores_busy_median"]))
+    lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}). Receiving client's malloc: {}. This machine has {} "
+              "cores: a path whose client and server together keep them busy is CPU-bound.".format(
+                  best, summary[best]["grpc_over_tcp"], "tuned for large messages (shared.alloc)" if malloc_tuned
+                  else "glibc defaults (--default-malloc)", os.cpu_count())]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "transfer.md"), "w") as f:
         f.write(text)
