@@ -1,7 +1,6 @@
 """Smoke test of benchmarks/transfer.py: a real cloud-server and a plain TCP server in their own
 processes send the same blob; every path got every byte, the figures and the report are written."""
 import json
-import os
 
 from tests.bench import load_benchmark
 
@@ -16,8 +15,9 @@ def test_transfer_benchmark_small(tmp_path):
         s = result["summary"][kb]
         for path in ("grpc_download", "client_helper", "tcp_socket"):
             assert s[path]["MB_per_s_median"] > 0
-            # client + server CPU over wall time: at most every core, and some work was done
-            assert 0 < s[path]["cores_busy_median"] <= os.cpu_count() + 0.5
+            # client + server CPU over wall time; no upper bound here: the server's CPU is read in 10 ms
+            # clock ticks, coarse against a few milliseconds of transfer
+            assert s[path]["cores_busy_median"] > 0
         assert s["grpc_over_tcp"] > 0 and s["helper_time_over_stream"] > 0
     md = (out / "transfer.md").read_text()
     assert md.count("\n| 256 |") == 1 and md.count("\n| 1024 |") == 1 and "Best chunk size" in md
