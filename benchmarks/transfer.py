@@ -12,9 +12,9 @@ Same bytes, same machine, same run, each server in its own process as in a deplo
    ``sendall``-s them to a client that ``recv_into``-s it (what a bare socket server costs).
 
 Reports MB/s (median over repeats), time to first byte, gRPC/TCP and helper/stream ratios, the
-receiving client's minor page faults per GB, how many cores client and server kept busy together, and
-the best chunk size. Writes ``transfer.json`` and
-``transfer.md`` into ``--out``.
+receiving client's minor page faults per GB, how many cores client and server kept busy together (the
+server's CPU is read in 10 ms clock ticks: meaningful from blobs of some 64 MiB up), and the best chunk
+size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
 
     python -m benchmarks.transfer --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
 """
