@@ -169,6 +169,9 @@ def main(argv: Any = None) -> int:
     for kb, paths in runs.items():
         s = summary[kb] = {}
         for k, rs in paths.items():
+            short = [r["bytes"] for r in rs if r["bytes"] != a.mb << 20]
+            if short:  # a stream that ended early would pass for a fast one
+                raise SystemExit("transfer: {} at {} KiB received {} of {} bytes".format(k, kb, short[0], a.mb << 20))
             mbps = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
             ttfb = [r["ttfb_s"] * 1e3 for r in rs if r["ttfb_s"] == r["ttfb_s"]]
             cpu = [r["server_cpu_s"] / (r["bytes"] / 1e9) for r in rs if "server_cpu_s" in r]

@@ -2,6 +2,8 @@
 processes send the same blob; every path got every byte, the figures and the report are written."""
 import json
 
+import pytest
+
 from tests.bench import load_benchmark
 
 
@@ -21,3 +23,11 @@ def test_transfer_benchmark_small(tmp_path):
         assert s["grpc_over_tcp"] > 0 and s["helper_time_over_stream"] > 0
     md = (out / "transfer.md").read_text()
     assert md.count("\n| 256 |") == 1 and md.count("\n| 1024 |") == 1 and "Best chunk size" in md
+
+
+def test_transfer_benchmark_refuses_a_short_stream(tmp_path, monkeypatch):
+    transfer = load_benchmark("transfer")
+    whole = transfer.tcp_stream
+    monkeypatch.setattr(transfer, "tcp_stream", lambda *a: dict(whole(*a), bytes=1))  # as if it ended early
+    with pytest.raises(SystemExit, match="tcp_socket at 1024 KiB received 1 of 4194304 bytes"):
+        transfer.main(["--mb", "4", "--repeats", "1", "--chunk-kb", "1024", "--out", str(tmp_path / "t")])
