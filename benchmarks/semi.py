@@ -8,7 +8,9 @@ Stage 1 is the default Cosmo-HAR pretraining, once per seed, on the pool of ``be
 fine-tunes the same encoders on the same 1 % labels (ConcatAttn, Hopkins quality prior, the accuracy
 benchmark's budget: 100 epochs capped at about 500 optimizer steps, or 2.5 times that for the candidates
 named "x2.5 steps": the pseudo-labeled share still grows at the end of the shorter run), its epoch chosen
-on validation, and draws its unlabeled windows from that pool.
+on validation, and draws its unlabeled windows from that pool. "EMA 0.99" candidates score and keep an
+average of the weights (``Stage2Config.ema``); "aligned" ones align the pseudo-labels' class distribution
+with the labeled windows' (``Stage2Config.align_distribution``).
 
 The candidate kept is the one with the best mean **validation** accuracy over the sensor subsets (every
 sensor present, and each one switched off in turn): the method has to serve both a full device and one
@@ -52,6 +54,10 @@ for _t in (0.95, 0.8):
 for _t in (0.95, 0.8):
     CANDIDATES["pseudo {} + drop, x{} steps, EMA 0.99".format(_t, LONGER)] = dict(
         PSEUDO, threshold=_t, modality_dropout=0.3, ema=0.99)
+# distribution alignment of the pseudo-labels (Stage2Config.align_distribution)
+for _t in (0.95, 0.8):
+    CANDIDATES["pseudo {} + drop, x{} steps, aligned".format(_t, LONGER)] = dict(
+        PSEUDO, threshold=_t, modality_dropout=0.3, align_distribution=True)
 
 
 def stage2_budget(name: str, epochs: int, max_steps: int) -> Dict[str, int]:

@@ -136,6 +136,12 @@ class Stage2Config:
     the averaged model, not the live one, is scored on validation each epoch and kept (the live weights
     keep training and making the pseudo-labels); the average warms up as ``min(ema, (1 + step) / (10 +
     step))`` so its first epochs are not the starting weights.
+
+    ``align_distribution``: distribution alignment of the pseudo-labels (ReMixMatch): the weak view's class
+    probabilities are multiplied by the labeled windows' class frequencies over a running mean of the
+    model's predictions on unlabeled windows, and renormalized, before the threshold. A model that
+    over-predicts one class of a confusable pair (sitting/standing) then hands out fewer of its
+    pseudo-labels. Off by default.
     """
 
     epochs: int = 100
@@ -163,6 +169,7 @@ class Stage2Config:
     strong_time_warp: float = 0.2
     strong_mask: float = 0.0
     ema: float = 0.0
+    align_distribution: bool = False
     seed: int = 0
     device: str = "auto"
 

@@ -112,15 +112,36 @@ def accuracy_without(model: CosmoModel, ds: MultimodalDataset, device: Optional[
     return {m: float(evaluate(model, ds, device, drop=(m,))["accuracy"]) for m in ds.modalities}
 
 
+class DistributionAlignment:
+    """Distribution alignment of pseudo-labels (``Stage2Config.align_distribution``; ReMixMatch, Berthelot et
+    al. 2020): class probabilities on unlabeled windows are scaled by ``prior / running`` and renormalized,
+    where ``prior`` is the labeled windows' class frequency (add-one smoothed: a class with no label keeps a
+    share) and ``running`` the mean prediction over about the last ``1 / (1 - momentum)`` unlabeled batches."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int, momentum: float = 0.99,
+                 device: Optional[torch.device] = None) -> None:
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float32) + 1.0
+        self.prior = torch.from_numpy(counts / counts.sum()).to(device)
+        self.running = torch.full((num_classes,), 1.0 / num_classes, device=device)
+        self.momentum = momentum
+
+    @torch.no_grad()
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        self.running.mul_(self.momentum).add_(probs.mean(0), alpha=1.0 - self.momentum)
+        aligned = probs * (self.prior / self.running.clamp_min(1e-6))
+        return aligned / aligned.sum(1, keepdim=True)
+
+
 def _with_unlabeled(model: nn.Module, xs: List[torch.Tensor], present: Optional[torch.Tensor], y: torch.Tensor,
                     xu_all: List[torch.Tensor], strong: Augment, config: Stage2Config,
-                    rng: np.random.RandomState) -> Any:
+                    rng: np.random.RandomState, align: Optional[DistributionAlignment] = None) -> Any:
     """The loss of one step with unlabeled windows (FixMatch-style), and the fraction pseudo-labeled.
 
     Labeled windows ``xs``, a weak and a strong view of ``config.unlabeled_batch`` unlabeled windows go
     through the model in one batch (BatchNorm sees them together); the weak view's confident predictions
-    (no gradient) are the strong view's targets. The strong view loses modalities as labeled windows do,
-    so the fused model's confident answers teach the model with a sensor missing.
+    (no gradient) are the strong view's targets (after ``align``, when given). The strong view loses
+    modalities as labeled windows do, so the fused model's confident answers teach the model with a sensor
+    missing.
     """
     n = len(y)
     uidx = rng.randint(0, len(xu_all[0]), size=config.unlabeled_batch)
@@ -136,7 +157,8 @@ def _with_unlabeled(model: nn.Module, xs: List[torch.Tensor], present: Optional[
     logits, _ = model([torch.cat(parts) for parts in zip(xs, weak, hard)], torch.cat([p_l, p_u, p_s]))
     k = len(uidx)
     with torch.no_grad():
-        conf, target = F.softmax(logits[n:n + k], 1).max(1)
+        probs = F.softmax(logits[n:n + k], 1)
+        conf, target = (align(probs) if align is not None else probs).max(1)
         keep = (conf >= config.threshold).to(logits.dtype)
     loss_u = (F.cross_entropy(logits[n + k:], target, reduction="none") * keep).mean()
     return F.cross_entropy(logits[:n], y) + config.unlabeled_weight * loss_u, float(keep.mean())
@@ -201,6 +223,8 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
     rng = np.random.RandomState(config.seed)
     use_u = unlabeled is not None and len(unlabeled) > 0 and config.unlabeled_weight > 0
     xu_all = to_tensors(unlabeled, device=device) if use_u else None
+    align = DistributionAlignment(labeled.labels, labeled.num_classes, device=device) \
+        if use_u and config.align_distribution else None
     strong = Augment(jitter=2 * config.jitter, scale=2 * config.scale, time_warp=config.strong_time_warp,
                      mask=config.strong_mask)
     avg = WeightAverage(model, config.ema) if config.ema > 0 else None
@@ -225,7 +249,7 @@ def finetune(encoders: Sequence[nn.Module], labeled: MultimodalDataset, val: Mul
                 xs = drop_modalities(xs, present)
             if use_u:
                 assert xu_all is not None
-                loss, frac = _with_unlabeled(model, xs, present, y_all[idx], xu_all, strong, config, rng)
+                loss, frac = _with_unlabeled(model, xs, present, y_all[idx], xu_all, strong, config, rng, align)
                 used.append(frac)
             else:
                 logits, _ = model(xs, present)

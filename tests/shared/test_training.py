@@ -255,3 +255,52 @@ def test_stage2_with_weight_average_keeps_the_averaged_model_it_scored(prep):
     assert evaluate(res["model"], val)["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     # the same training run (same pseudo-labels and steps), another model scored: the curves differ
     assert [h["val_loss"] for h in res["history"]] != [h["val_loss"] for h in plain["history"]]
+
+
+def test_distribution_alignment_moves_pseudo_labels_off_an_over_predicted_class():
+    from shared.training.stage2 import DistributionAlignment
+    labels = np.array([0, 0, 1, 1, 2, 2])  # balanced labels: prior 1/3 each
+    da = DistributionAlignment(labels, 3, momentum=0.5)
+    assert torch.allclose(da.prior, torch.full((3,), 1 / 3))
+    # a model that says "class 0" far too often: 0.55 vs 0.45 windows get a pseudo-label of class 0 ...
+    probs = torch.tensor([[0.55, 0.45, 0.0], [0.9, 0.1, 0.0], [0.0, 0.1, 0.9]] * 4)
+    for _ in range(20):  # ... until the running mean has seen it
+        aligned = da(probs)
+    assert torch.allclose(aligned.sum(1), torch.ones(len(probs)))
+    assert da.running[0] > da.running[1] > 1 / 3 * 0.5
+    # the borderline window flips to the under-predicted class; confident ones keep theirs
+    assert aligned.argmax(1)[:3].tolist() == [1, 0, 2]
+
+
+def test_distribution_alignment_is_the_identity_when_predictions_match_the_labels():
+    from shared.training.stage2 import DistributionAlignment
+    da = DistributionAlignment(np.array([0, 1, 1, 1]), 2, momentum=0.0)
+    probs = torch.tensor([[1 / 3, 2 / 3], [1 / 3, 2 / 3]])  # mean prediction = the labeled prior (2/6, 4/6)
+    assert torch.allclose(da(probs), probs, atol=1e-6)
+
+
+def test_stage2_with_distribution_alignment_takes_its_pseudo_labels_from_the_aligned_probabilities(prep, monkeypatch):
+    from shared.training import stage2
+    seen = []
+
+    class Recording(stage2.DistributionAlignment):
+        def __call__(self, probs):
+            out = super().__call__(probs)
+            seen.append(out.argmax(1))
+            return torch.roll(out, 1, dims=1)  # the targets must follow what alignment returns
+
+    monkeypatch.setattr(stage2, "DistributionAlignment", Recording)
+    lab, val = prep.norm(prep.labeled), prep.norm(prep.split.val)
+    cfg = Stage2Config(epochs=2, t_iter=1, batch_size=4, device="cpu", unlabeled_weight=1.0, unlabeled_batch=8,
+                       threshold=0.3, align_distribution=True)
+    targets = []
+    real_ce = stage2.F.cross_entropy
+    monkeypatch.setattr(stage2.F, "cross_entropy", lambda logits, y, **kw: targets.append(y) or real_ce(logits, y, **kw))
+    res = finetune(_encoders(lab), lab, val, cfg, progress=False, unlabeled=prep.norm(prep.unlabeled))
+    assert seen and all(np.isfinite(h["train_loss"]) for h in res["history"])
+    unl = [t for t in targets if len(t) == 8]  # the unlabeled batch's targets, in step order
+    assert len(unl) == len(seen) and all(torch.equal(t, (a + 1) % 3) for t, a in zip(unl, seen))
+    seen.clear()
+    finetune(_encoders(lab), lab, val, replace(cfg, align_distribution=False), progress=False,
+             unlabeled=prep.norm(prep.unlabeled))
+    assert not seen
