@@ -24,6 +24,7 @@ Writes ``semi.json``, ``semi.md`` and ``semi.png``.
     python -m benchmarks.semi --out results/semi --quick        # a smoke run
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from benchmarks.accuracy import budget, labeled_sets, prepare_dataset, pretrained
+from benchmarks.accuracy import _slug as accuracy_slug, budget, labeled_sets, prepare_dataset, pretrained
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.training import Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
@@ -58,6 +59,8 @@ for _t in (0.95, 0.8):
 for _t in (0.95, 0.8):
     CANDIDATES["pseudo {} + drop, x{} steps, aligned".format(_t, LONGER)] = dict(
         PSEUDO, threshold=_t, modality_dropout=0.3, align_distribution=True)
+CANDIDATES["pseudo 0.8 + drop, x{} steps, aligned, EMA 0.99".format(LONGER)] = dict(
+    PSEUDO, threshold=0.8, modality_dropout=0.3, align_distribution=True, ema=0.99)
 
 
 def stage2_budget(name: str, epochs: int, max_steps: int) -> Dict[str, int]:
@@ -103,10 +106,27 @@ def run_candidate(name: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
     return dict(cached_json(path, stage2), config=CANDIDATES[name], quality=q)
 
 
+def baseline_tests(spec: str, seeds: List[int]) -> Dict[str, Any]:
+    """``DIR:METHOD`` -> that method's 1 % test accuracies per seed from a ``benchmarks.accuracy`` run's
+    ``--out`` (the same labels and split per seed as here)."""
+    root, sep, method = spec.rpartition(":")
+    if not sep or not root or not method:
+        raise SystemExit("--baseline: expected DIR:METHOD (e.g. results/acc10:CPC), got {!r}".format(spec))
+    tests = []
+    for seed in seeds:
+        path = os.path.join(root, "hapt", "seed{}".format(seed), "s2_1pct_{}.json".format(accuracy_slug(method)))
+        if not os.path.isfile(path):
+            raise SystemExit("--baseline: no 1 % run of {} at seed {} ({} is missing)".format(method, seed, path))
+        with open(path) as f:
+            tests.append(float(json.load(f)["test"]["accuracy"]))
+    return {"method": method, "run": root, "test": tests}
+
+
 def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int], modalities: List[str],
-              base_name: str = BASE_NAME) -> Dict[str, Any]:
+              base_name: str = BASE_NAME, baseline: Any = None) -> Dict[str, Any]:
     """Rows per candidate; differences paired by seed against ``base_name`` (when it ran): on test, and on
-    the selection score itself (validation over the sensor subsets), so a lead can be told from noise."""
+    the selection score itself (validation over the sensor subsets), so a lead can be told from noise.
+    ``baseline`` (``baseline_tests``): each candidate's test accuracy is also paired with that method's."""
     rows = OrderedDict()  # type: Dict[str, Any]
     have = base_name in runs
     base = [runs[base_name][s]["test"]["accuracy"] for s in seeds] if have else None
@@ -127,15 +147,18 @@ def summarize(runs: Dict[str, Dict[int, Any]], seeds: List[int], modalities: Lis
             "seconds": float(np.mean([r["seconds"] for r in rs])),
             "epochs": rs[0]["epochs"],
             "per_seed_test": test,
+            "test_vs_baseline": paired(baseline["test"], test) if baseline else None,
         }
     chosen = max(rows, key=lambda n: (round(rows[n]["val_subsets"]["mean"], 9), rows[n]["val"]["mean"]))
-    return {"seeds": seeds, "rows": rows, "chosen": chosen, "modalities": modalities, "base": base_name}
+    return {"seeds": seeds, "rows": rows, "chosen": chosen, "modalities": modalities, "base": base_name,
+            "baseline": dict(baseline, test=mean_std(baseline["test"]), per_seed_test=baseline["test"])
+            if baseline else None}
 
 
 def markdown(r: Dict[str, Any]) -> str:
     def pct(m: Dict[str, float]) -> str:
         return "{:.1f} ± {:.1f}".format(100 * m["mean"], 100 * m["std"])
-    mods, base = r["modalities"], r.get("base", BASE_NAME)
+    mods, base, bl = r["modalities"], r.get("base", BASE_NAME), r.get("baseline")
     lines = ["# Stage 2 with unlabeled windows (UCI HAPT, 1 % labels, subject-wise split)", "",
              "Seeds {}: each its own 1 % labels and stage-1 encoders ({}, {} epochs), "
              "shared by every candidate of the seed; stage 2: ConcatAttn, Hopkins quality prior, {} epochs capped "
@@ -148,17 +171,22 @@ def markdown(r: Dict[str, Any]) -> str:
                  base, int(r["seconds"])), "",
              "| candidate | stage-2 settings | epochs | val | val, sensor subsets | val, sensor subsets − {} [95 % CI] "
              "| test | test macro-F1 | ".format(base) + " | ".join("test, {} off".format(m) for m in mods) +
-             " | test − {} [95 % CI] | s per run |".format(base),
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(mods) + "---|---|"]
+             " | test − {} [95 % CI] | ".format(base) + ("test − {} [95 % CI] | ".format(bl["method"]) if bl else "") +
+             "s per run |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(mods) + "---|" * (2 + bool(bl))]
 
     def diff(d: Any) -> str:
         return "{:+.1f} [{:+.1f}, {:+.1f}]".format(100 * d["mean"], 100 * d["ci_low"], 100 * d["ci_high"]) if d else "–"
     for name, row in r["rows"].items():
         cfg = ", ".join("{}={}".format(k, v) for k, v in row["config"].items()) or "labeled windows alone"
-        lines.append("| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0f} |".format(
+        lines.append("| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{:.0f} |".format(
             name, " (chosen)" if name == r["chosen"] else "", cfg, row["epochs"], pct(row["val"]), pct(row["val_subsets"]),
             diff(row.get("val_subsets_vs_base")), pct(row["test"]), pct(row["test_macro_f1"]),
-            " | ".join(pct(row["test_without"][m]) for m in mods), diff(row.get("test_vs_base")), row["seconds"]))
+            " | ".join(pct(row["test_without"][m]) for m in mods), diff(row.get("test_vs_base")),
+            diff(row.get("test_vs_baseline")) + " | " if bl else "", row["seconds"]))
+    if bl:
+        lines += ["", "{} (the baseline paired above): {} on test, from the 1 % runs of `{}` (same labels and split "
+                  "per seed).".format(bl["method"], pct(bl["test"]), bl["run"])]
     return "\n".join(lines) + "\n"
 
 
@@ -197,10 +225,14 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--s2-max-steps", type=int, default=500, help="as benchmarks.accuracy --s2-max-steps")
     ap.add_argument("--paired-with", default=BASE_NAME, choices=list(CANDIDATES),
                     help="the candidate every other is compared with, paired by seed (default: %(default)s)")
+    ap.add_argument("--baseline", metavar="DIR:METHOD",
+                    help="also pair each candidate's test accuracy with METHOD's 1 %% runs in benchmarks.accuracy's "
+                    "--out DIR (e.g. results/acc10:CPC; the same seeds must have run there)")
     add_study_flags(ap, "seed 0, 2 stage-1 and 6 stage-2 epochs: a smoke run")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.s1_epochs, a.s2_epochs = [0], 2, 6
+    bl = baseline_tests(a.baseline, a.seeds) if a.baseline else None  # a bad --baseline fails before training
     if a.threads:
         torch.set_num_threads(a.threads)
     from tqdm import tqdm
@@ -216,7 +248,7 @@ def main(argv: Any = None) -> int:
                 bar.update(1)
     if a.no_report:
         return 0
-    r = summarize(runs, a.seeds, list(train.modalities), a.paired_with)
+    r = summarize(runs, a.seeds, list(train.modalities), a.paired_with, bl)
     r.update(args=vars(a), seconds=sum(x["seconds"] for by in runs.values() for x in by.values()))
     write_report(a.out, "semi", r, markdown, plot)
     return 0

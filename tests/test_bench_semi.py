@@ -54,3 +54,28 @@ def test_semi_benchmark_chooses_on_validation_over_sensor_subsets(bench, tmp_pat
         r = json.load(f)
     assert r["base"] == "pseudo 0.8 + drop, x2.5 steps" and r["rows"]["labels only"]["test_vs_base"] is not None
     assert "val, sensor subsets − pseudo 0.8 + drop, x2.5 steps" in open(os.path.join(out, "semi.md")).read()
+
+
+def test_semi_benchmark_pairs_every_candidate_with_a_baseline_of_an_accuracy_run(bench, tmp_path):
+    out = str(tmp_path / "semi")
+    argv = ["--out", out, "--seeds", "0", "1", "--s1-epochs", "1", "--s2-epochs", "1", "--threads", "1",
+            "--candidates", "labels only", "pseudo 0.8 + drop"]
+    acc = tmp_path / "acc"
+    with pytest.raises(SystemExit, match="--baseline: no 1 % run of CPC at seed 0"):  # before any training
+        bench.main(argv + ["--baseline", "{}:CPC".format(acc)])
+    assert not os.path.exists(out)
+    with pytest.raises(SystemExit, match="--baseline: expected DIR:METHOD"):
+        bench.main(argv + ["--baseline", "CPC"])
+    cpc = {0: 0.5, 1: 0.25}
+    for seed, a in cpc.items():  # benchmarks.accuracy's layout
+        os.makedirs(str(acc / "hapt" / "seed{}".format(seed)))
+        with open(str(acc / "hapt" / "seed{}".format(seed) / "s2_1pct_CPC.json"), "w") as f:
+            json.dump({"test": {"accuracy": a}}, f)
+    assert bench.main(argv + ["--baseline", "{}:CPC".format(acc)]) == 0
+    with open(os.path.join(out, "semi.json")) as f:
+        r = json.load(f)
+    assert r["baseline"]["method"] == "CPC" and r["baseline"]["per_seed_test"] == [0.5, 0.25]
+    for row in r["rows"].values():
+        want = sum(t - cpc[s] for s, t in zip((0, 1), row["per_seed_test"])) / 2
+        assert row["test_vs_baseline"]["mean"] == pytest.approx(want)
+    assert "test − CPC [95 % CI]" in open(os.path.join(out, "semi.md")).read()
