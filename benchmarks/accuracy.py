@@ -101,6 +101,12 @@ def _slug(name: str) -> str:
     return name.replace("/", "per").replace("%", "pct").replace(" ", "_").replace("(", "").replace(")", "")
 
 
+def stage2_path(root: str, setting: str, method: str) -> str:
+    """The cached stage-2 run of ``method`` at label ``setting`` ("1%", ...) in a seed's folder ``root``
+    (``--out/<dataset>/seed<N>``); other studies read an accuracy run's cells through it."""
+    return os.path.join(root, "s2_{}_{}.json".format(_slug(setting), _slug(method)))
+
+
 def prepare_dataset(name: str, seed: int = 0) -> Tuple[MultimodalDataset, MultimodalDataset, MultimodalDataset, str]:
     """Normalized (train, val, test) for ``name`` and a sentence saying how they were split."""
     if name == "hapt":
@@ -396,7 +402,7 @@ def main(argv: Any = None) -> int:
                 scfg = budget(cfg, len(lab), a.s2_max_steps)
                 for disp, key, kw in methods_for(train, a.methods):
                     bar.set_postfix_str("{} seed {} {} {}".format(d, seed, name, disp))
-                    path = os.path.join(root, "s2_{}_{}.json".format(_slug(name), _slug(disp)))
+                    path = stage2_path(root, name, disp)
                     try:
                         r = put("{}|{}|{}|{}".format(d, name, disp, seed), path, partial(
                             _run_method, key, kw, enc.get(key), qual.get(key), lab, val, test, scfg, unl))

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget,
+from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget, stage2_path,
                                  labeled_sets, methods_for, prepare_dataset, pretrained, train_method)
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
@@ -109,8 +109,7 @@ def run_method(disp: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
              "test_accuracy": evaluate(model, test)["accuracy"],
              "val": score_subjects(model, val), "test": score_subjects(model, test)}
         if a.stage1_from:  # the accuracy run's cell of the same method and seed, when it has one
-            cell = os.path.join(a.stage1_from, "hapt", "seed{}".format(seed),
-                                "s2_{}_{}.json".format(_slug(a.setting), _slug(disp)))
+            cell = stage2_path(os.path.join(a.stage1_from, "hapt", "seed{}".format(seed)), a.setting, disp)
             if os.path.isfile(cell):
                 with open(cell) as f:
                     r["accuracy_run_test_accuracy"] = json.load(f)["test"]["accuracy"]

@@ -34,7 +34,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from benchmarks.accuracy import _slug as accuracy_slug, budget, labeled_sets, prepare_dataset, pretrained
+from benchmarks.accuracy import budget, labeled_sets, prepare_dataset, pretrained, stage2_path
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.training import Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
@@ -114,7 +114,7 @@ def baseline_tests(spec: str, seeds: List[int]) -> Dict[str, Any]:
         raise SystemExit("--baseline: expected DIR:METHOD (e.g. results/acc10:CPC), got {!r}".format(spec))
     tests = []
     for seed in seeds:
-        path = os.path.join(root, "hapt", "seed{}".format(seed), "s2_1pct_{}.json".format(accuracy_slug(method)))
+        path = stage2_path(os.path.join(root, "hapt", "seed{}".format(seed)), "1%", method)
         if not os.path.isfile(path):
             raise SystemExit("--baseline: no 1 % run of {} at seed {} ({} is missing)".format(method, seed, path))
         with open(path) as f:
