@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         learning from unlabeled windows (README, "Few labels"); ``--preset`` names the starting point."""
         sp.add_argument("--preset", choices=list(STAGE2_PRESETS), default="cosmo-har",
                         help="named stage-2 configuration the flags and --config change: cosmo-har (pseudo-labels "
-                        "on unlabeled windows, modality dropout, 250 epochs), labels-only (the labeled windows "
+                        "on unlabeled windows with distribution alignment, modality dropout, an EMA of the weights, "
+                        "250 epochs), labels-only (the labeled windows "
                         "alone, 100 epochs), paper (labels-only, encoders trained first); default cosmo-har")
         add_config_flags(sp, s2, {
             "modality_dropout": (positive(float, zero=True), "probability that a training window loses one modality "
