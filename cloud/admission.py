@@ -133,11 +133,27 @@ class Stream:
         return self.deadline - time.monotonic()
 
     async def send(self, msg: Any) -> None:
+        # A timer that cancels this task, not ``asyncio.wait_for``, which costs a task per message (measured:
+        # 12.5 against 5.4 us per write, on every Download chunk and watch event).
+        task = asyncio.current_task()
+        stalled = []
+
+        def expire() -> None:
+            stalled.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.limits.stream_idle_s, expire)
         try:
-            await asyncio.wait_for(self.context.write(msg), self.limits.stream_idle_s)
-        except asyncio.TimeoutError:
+            await self.context.write(msg)
+        except asyncio.CancelledError:
+            if not stalled:  # cancelled from outside (the client went away, the daemon stops)
+                raise
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
+                task.uncancel()
             await abort(self.context, grpc.StatusCode.DEADLINE_EXCEEDED, "reader stalled for over {:g} s "
                         "(--stream-idle-s)".format(self.limits.stream_idle_s), wait_s=STALLED_ABORT_WAIT_S)
+        finally:
+            timer.cancel()
 
 
 class PeerGone(Exception):

@@ -28,7 +28,7 @@ import grpc
 
 from shared.errors import CosmoError, clip
 from shared.rpc import pb, refusal_log_level
-from shared.rpc.chunks import encode_chunk
+from shared.rpc.chunks import encode_chunk_into
 
 from . import serde
 from .admission import Admission, PeerGone, Stream, abort
@@ -223,13 +223,14 @@ def _next_message(chunks: Chunks, nowait: bool = False) -> tuple[bytes | None, b
     After the last chunk the reader is run to its end here, so its check that the blob did not change
     while read (``DataLoss``) happens before that message goes out, and without another hop.
     ``nowait``: ``BlockingIOError`` when the chunk is not in the page cache (``Chunks.read``)."""
-    item = chunks.read(nowait)
-    if item is None:
+    offset, length = chunks.pos, chunks.next_length()
+    if length == 0:
+        chunks.finish()
         return None, True
-    msg = encode_chunk(item[0], item[1], chunks.size, chunks.sha256)
-    last = item[0] + len(item[1]) >= chunks.size
+    msg = encode_chunk_into(offset, length, chunks.size, chunks.sha256, lambda view: chunks.readinto(view, nowait))
+    last = chunks.pos >= chunks.size
     if last:
-        chunks.read()
+        chunks.finish()
     return msg, last
 
 

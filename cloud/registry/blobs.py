@@ -334,14 +334,27 @@ class Chunks:
         """The next chunk, or ``None`` after the last (once the blob was checked unchanged)."""
         if self._fd is None:
             return None
+        if self.pos >= self.size:
+            self.finish()
+            return None
+        buf = bytearray(self.next_length())
+        pos = self.pos
+        n = self.readinto(buf, nowait)
+        if n < len(buf):
+            del buf[n:]
+        return pos, buf
+
+    def next_length(self) -> int:
+        """How many bytes the next chunk holds (0 after the last)."""
+        return max(0, min(self.chunk_size, self.size - self.pos))
+
+    def readinto(self, buf: bytearray | memoryview, nowait: bool = False) -> int:
+        """Read the next bytes of the blob (at most ``len(buf)``) into the writable buffer ``buf``, in place;
+        returns how many (fewer only at the end of the blob). ``DataLoss`` if the file is shorter than
+        recorded; ``nowait``: see the class. Call ``finish`` after the last chunk."""
+        if self._fd is None:
+            raise ValueError("{}: reader already closed".format(self.label))
         try:
-            if self.pos >= self.size:
-                after = os.fstat(self._fd)
-                self.close()
-                if _fingerprint(after) != _fingerprint(self._before):
-                    raise DataLoss("{}: blob {} changed on disk while it was sent".format(self.label, self.path))
-                return None
-            buf = bytearray(min(self.chunk_size, self.size - self.pos))
             if nowait and self.nowait_supported:
                 try:
                     n = os.preadv(self._fd, [buf], self.pos, os.RWF_NOWAIT)
@@ -354,17 +367,23 @@ class Chunks:
                 raise BlockingIOError("RWF_NOWAIT is not available")
             else:
                 n = os.preadv(self._fd, [buf], self.pos)
-            if n == 0:
+            if n == 0 and len(buf):
                 raise DataLoss("{}: blob {} is truncated at {} bytes".format(self.label, self.path, self.pos))
-            if n < len(buf):
-                del buf[n:]
-            item = (self.pos, buf)
             self.pos += n
-            return item
+            return n
         except BaseException as e:
             if not isinstance(e, BlockingIOError):
                 self.close()
             raise
+
+    def finish(self) -> None:
+        """Close the file after the last chunk; ``DataLoss`` if the blob changed on disk while it was read."""
+        if self._fd is None:
+            return
+        after = os.fstat(self._fd)
+        self.close()
+        if _fingerprint(after) != _fingerprint(self._before):
+            raise DataLoss("{}: blob {} changed on disk while it was sent".format(self.label, self.path))
 
     def close(self) -> None:
         if self._fd is not None:

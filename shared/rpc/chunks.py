@@ -2,12 +2,14 @@
 
 A Download moves the registry's largest files; building a protobuf message around each chunk copies
 the data into the message and again when (de)serializing. ``encode_chunk`` writes the exact bytes
-``Chunk.SerializeToString`` would (one copy of the data), ``decode_chunk`` returns the data as a
+``Chunk.SerializeToString`` would (one copy of the data), ``encode_chunk_into`` the same with the data
+read straight into the message (no copy at all), ``decode_chunk`` returns the data as a
 zero-copy ``memoryview`` of the received message. Tests check both against the protobuf runtime.
 
 Chunk: ``offset = 1`` (int64), ``data = 2`` (bytes), ``size = 3`` (int64), ``sha256 = 4`` (string).
 """
-from typing import List, Tuple
+import io
+from typing import Callable, List, Tuple
 
 _MASK64 = (1 << 64) - 1
 
@@ -47,6 +49,38 @@ def encode_chunk(offset: int, data: bytes, size: int, sha256: str) -> bytes:
         parts += [b"\x08", _varint(offset)]
     if data:
         parts += [b"\x12", _varint(len(data)), data]
+    parts.append(_tail(size, sha256))
+    return b"".join(parts)
+
+
+def encode_chunk_into(offset: int, length: int, size: int, sha256: str,
+                      fill: Callable[[memoryview], int]) -> bytes:
+    """``Chunk(offset, data, size, sha256).SerializeToString()`` where ``data`` is what ``fill(view)``
+    writes into the ``length``-byte ``view`` of the message itself (e.g. a file's ``readinto``); it returns
+    how many bytes it wrote, and a short fill gives a message of just those. Saves the copy ``encode_chunk``
+    makes: on CPython a ``BytesIO`` built from a ``bytes`` it alone holds lends that very buffer to
+    ``getbuffer`` and gives it back from ``getvalue`` (elsewhere this is a copy, still correct)."""
+    if length <= 0:  # proto3 leaves an empty field out
+        return encode_chunk(offset, b"", size, sha256)
+    head = (b"\x08" + _varint(offset) if offset else b"") + b"\x12" + _varint(length)
+    tail = _tail(size, sha256)
+    start, end = len(head), len(head) + length
+    out = io.BytesIO(bytes(end + len(tail)))
+    with out.getbuffer() as view:
+        view[:start] = head
+        with view[start:end] as data:
+            n = fill(data)
+        if n == length:
+            view[end:] = tail
+        else:
+            short = bytes(view[start:start + n])
+    if n != length:
+        return encode_chunk(offset, short, size, sha256)
+    return out.getvalue()
+
+
+def _tail(size: int, sha256: str) -> bytes:
+    parts: List[bytes] = []
     if size:
         parts += [b"\x18", _varint(size)]
     if sha256:

@@ -514,10 +514,18 @@ if __name__ == "__main__":
                                     (0, b"x" * 200000, 3, ""), (-1, b"\x00", 0, "z")])
 def test_chunk_wire_form_matches_protobuf(fields):
     from shared.rpc import pb
-    from shared.rpc.chunks import decode_chunk, encode_chunk
+    from shared.rpc.chunks import decode_chunk, encode_chunk, encode_chunk_into
     offset, data, size, sha = fields
     wire = pb.Chunk(offset=offset, data=data, size=size, sha256=sha).SerializeToString()
     assert encode_chunk(*fields) == wire
+
+    def fill(view, n=len(data)):
+        view[:n] = data[:n]
+        return n
+    assert encode_chunk_into(offset, len(data), size, sha, fill) == wire  # data written in place
+    if data:  # a short fill (the end of a file) gives the message of what it wrote
+        cut = pb.Chunk(offset=offset, data=data[:-1], size=size, sha256=sha).SerializeToString()
+        assert encode_chunk_into(offset, len(data), size, sha, lambda v: fill(v, len(data) - 1)) == cut
     got = decode_chunk(wire)
     assert (got[0], bytes(got[1]), got[2], got[3]) == fields
     with pytest.raises(ValueError, match="Chunk"):
