@@ -19,6 +19,7 @@ size. Writes ``transfer.json`` and ``transfer.md`` into ``--out``.
     python -m benchmarks.transfer --out results/transfer --mb 256 --repeats 3 --chunk-kb 256 1024 3072
 """
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -68,6 +69,18 @@ def grpc_stream(stub: Any, version: int, chunk: int) -> Dict[str, float]:
             first = time.perf_counter() - t0
         n += len(decode_chunk(m)[1])
     return {"seconds": time.perf_counter() - t0, "ttfb_s": first or 0.0, "bytes": n}
+
+
+def sha256_alone(path: str, chunk: int) -> Dict[str, float]:
+    """What the client helper adds that no transport can hide: sha256 over the same bytes, already in
+    memory (the file read first, untimed), in ``chunk``-sized updates as the helper hashes them."""
+    with open(path, "rb") as f:
+        data = memoryview(f.read())
+    h = hashlib.sha256()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(data), chunk):
+        h.update(data[i:i + chunk])
+    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "bytes": len(data)}
 
 
 def tcp_stream(port: int, chunk: int) -> Dict[str, float]:
@@ -160,6 +173,7 @@ def main(argv: Any = None) -> int:
                     r["client_helper"].append(_measured(helper_download, cloud.pid, stub, man["version"], chunk,
                                                         os.path.join(tmp, "got.bin"), f0["size"], f0["sha256"]))
                     r["tcp_socket"].append(_measured(tcp_stream, tcp.pid, tcp_port, chunk))
+                    r.setdefault("sha256_alone", []).append(sha256_alone(stored, chunk))
             ch.close()
         finally:
             for p in (cloud, tcp):
@@ -169,6 +183,9 @@ def main(argv: Any = None) -> int:
     for kb, paths in runs.items():
         s = summary[kb] = {}
         for k, rs in paths.items():
+            if k == "sha256_alone":
+                s[k] = {"MB_per_s_median": statistics.median(r["bytes"] / r["seconds"] / 1e6 for r in rs)}
+                continue
             short = [r["bytes"] for r in rs if r["bytes"] != a.mb << 20]
             if short:  # a stream that ended early would pass for a fast one
                 raise SystemExit("transfer: {} at {} KiB received {} of {} bytes".format(k, kb, short[0], a.mb << 20))
@@ -184,6 +201,12 @@ def main(argv: Any = None) -> int:
                     "cores_busy_median": statistics.median(both) if both else None}
         s["grpc_over_tcp"] = s["grpc_download"]["MB_per_s_median"] / s["tcp_socket"]["MB_per_s_median"]
         s["helper_time_over_stream"] = s["grpc_download"]["MB_per_s_median"] / s["client_helper"]["MB_per_s_median"]
+        # the helper's floor here: the stream's CPU (client + server) and the hashing's, spread over every core
+        g = s["grpc_download"]
+        sha_cpu_per_byte = statistics.median(r["cpu_s"] / r["bytes"] for r in paths["sha256_alone"])
+        stream_s_per_byte = 1e-6 / g["MB_per_s_median"]
+        cpu_per_byte = g["cores_busy_median"] * stream_s_per_byte + sha_cpu_per_byte
+        s["helper_floor_over_stream"] = max(1.0, cpu_per_byte / (os.cpu_count() or 1) / stream_s_per_byte)
     best = max(summary, key=lambda kb: summary[kb]["grpc_over_tcp"])
     result = {"mb": a.mb, "repeats": a.repeats, "chunk_kb": a.chunk_kb, "summary": summary, "best_chunk_kb": int(best),
               "grpc_over_tcp": summary[best]["grpc_over_tcp"], "host": os.uname().nodename, "cpus": os.cpu_count(),
@@ -194,22 +217,27 @@ def main(argv: Any = None) -> int:
         a.mb, a.repeats), "",
         "| chunk (KiB) | gRPC Download MB/s | client helper MB/s | plain TCP MB/s | gRPC / TCP | helper time / stream time "
         "| server CPU s per GB, gRPC / TCP | first byte gRPC / TCP (ms) | client page faults per GB, gRPC / TCP "
-        "| cores busy (client + server CPU / wall), gRPC / helper / TCP |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "| cores busy (client + server CPU / wall), gRPC / helper / TCP | sha256 alone MB/s "
+        "| helper floor / stream time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kb, s in summary.items():
         lines.append("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} / {:.2f} | {:.2f} / {:.2f} "
-                     "| {:.0f} / {:.0f} | {:.2f} / {:.2f} / {:.2f} |".format(
+                     "| {:.0f} / {:.0f} | {:.2f} / {:.2f} / {:.2f} | {:.0f} | {:.2f} |".format(
             kb, s["grpc_download"]["MB_per_s_median"], s["client_helper"]["MB_per_s_median"],
             s["tcp_socket"]["MB_per_s_median"], s["grpc_over_tcp"], s["helper_time_over_stream"],
             s["grpc_download"]["server_cpu_s_per_GB_median"], s["tcp_socket"]["server_cpu_s_per_GB_median"],
             s["grpc_download"]["ttfb_ms_median"], s["tcp_socket"]["ttfb_ms_median"],
             s["grpc_download"]["client_minflt_per_GB_median"], s["tcp_socket"]["client_minflt_per_GB_median"],
             s["grpc_download"]["cores_busy_median"], s["client_helper"]["cores_busy_median"],
-            s["tcp_socket"]["cores_busy_median"]))
+            s["tcp_socket"]["cores_busy_median"], s["sha256_alone"]["MB_per_s_median"], s["helper_floor_over_stream"]))
     lines += ["", "Best chunk size: {} KiB (gRPC / TCP {:.2f}). Receiving client's malloc: {}. This machine has {} "
               "cores: a path whose client and server together keep them busy is CPU-bound.".format(
                   best, summary[best]["grpc_over_tcp"], "tuned for large messages (shared.alloc)" if malloc_tuned
-                  else "glibc defaults (--default-malloc)", os.cpu_count())]
+                  else "glibc defaults (--default-malloc)", os.cpu_count()),
+              "", "*helper floor*: the fastest the client helper could be here if the stream's CPU (client and "
+              "server) and sha256's own were spread perfectly over all {} cores, in units of the bare stream's time; "
+              "a helper/stream ratio below it would need faster hashing or more cores, not a better transport.".format(
+                  os.cpu_count())]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "transfer.md"), "w") as f:
         f.write(text)

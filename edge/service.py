@@ -291,7 +291,7 @@ class InferenceServicer(object):
                     available_providers=rt.available_providers, modalities=mods, classes=rt.classes,
                     fallback=rt.fallback, embedding_dim=rt.embedding_dim,
                     intra_op_threads=int(info["intra_op_threads"]), graph_optimization=info["graph_optimization"],
-                    engine_cache=bool(info["engine_cache"])))
+                    engine_cache=bool(info["engine_cache"]), ort_spin=bool(info["ort_spin"])))
             return resp
         return await self._unary(context, "Info", run, small=True)
 

@@ -251,6 +251,16 @@ def test_engine_cache_keyed_by_model_and_device(model, tmp_path):
     assert "--graph-optimization" in str(e.value)
 
 
+def test_intra_op_threads_sleep_between_inferences_when_asked():
+    import onnxruntime as ort
+
+    from edge.runtime import SessionSettings
+    key = "session.intra_op.allow_spinning"
+    assert SessionSettings(spin=False).session_options(ort).get_session_config_entry(key) == "0"
+    with pytest.raises(Exception):  # not set: ORT's default, spinning
+        SessionSettings().session_options(ort).get_session_config_entry(key)
+
+
 def test_relative_state_dir_stored_absolute(model, tmp_path, monkeypatch):
     from edge.agent import Agent
     built, _ = model

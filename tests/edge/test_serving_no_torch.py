@@ -48,7 +48,7 @@ def test_serve_without_torch(fixture, tmp_path):
     ready = str(tmp_path / "port")
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen([sys.executable, "-c", GUARD, "serve", "--state-dir", state, "--listen", "127.0.0.1:0",
-                             "--ready-file", ready, "--metrics-listen", "127.0.0.1:0"],
+                             "--ready-file", ready, "--metrics-listen", "127.0.0.1:0", "--ort-no-spin"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         end = time.time() + 60
@@ -64,7 +64,7 @@ def test_serve_without_torch(fixture, tmp_path):
         got = np.array([list(p.proba) for p in resp.predictions])
         np.testing.assert_allclose(got, np.array(expected["proba"]), rtol=1e-4, atol=1e-5)
         info = stub.Info(pb.InfoRequest(), timeout=TIMEOUT)
-        assert info.fallback == "onnxruntime" and info.graph_optimization == "all"
+        assert info.fallback == "onnxruntime" and info.graph_optimization == "all" and not info.ort_spin
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="cosmo.v1.Inference"),
                                                     timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
