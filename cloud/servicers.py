@@ -8,7 +8,8 @@ blocking registry work goes to a bounded executor, and errors map to status code
   (``ModelEvents``), so a publish costs one manifest read and one message per watcher, however many
   edges watch; events committed by other processes (job workers) arrive through the registry's tailer.
 * ``Download``: the blob is opened (and re-verified if it changed) in the executor; chunks already in
-  the page cache are then read and encoded on the loop, others in the executor, and each is written
+  the page cache are then read on the loop, others in the executor, each straight into the message
+  that goes to gRPC (``encode_chunk_into``: no zero-fill, no copy into the message), and each is written
   with a stall deadline, so a stalled reader holds at most its HTTP/2 flow-control window, one
   coroutine and its admission slot until ``--stream-idle-s``.
 * ``WatchJob``: a job subscription whose ``notify`` wakes the coroutine (no thread waits on it).

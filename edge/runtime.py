@@ -76,9 +76,10 @@ class SessionSettings(object):
     """How ONNX Runtime sessions are opened. ``intra_op_threads``: threads per inference (0: ORT's default,
     one per core); ``graph_optimization``: one of ``GRAPH_LEVELS``; ``engine_cache``: a folder for TensorRT
     engines (None: no cache), keyed by the model file's sha256 and the device; ``spin``: whether the
-    intra-op threads spin-wait between inferences (ORT's default: the lowest median latency) or sleep
-    (measured on 2 cores, Predict over gRPC: batch 1 p50 +19 %, p99 -38 %; batch 64 p99 10.1 -> 5.8 ms;
-    and no core burnt between calls, which a device that also fine-tunes and streams may prefer)."""
+    intra-op threads spin-wait between inferences (ORT's default: the lowest median latency) or sleep:
+    no core burnt between calls, which a device that also fine-tunes and streams may prefer (on 2 cores,
+    three runs of Predict over gRPC: the median 12-19 % higher asleep; the p99 lower in two runs, the same
+    in the third; ``benchmarks/latency.py`` measures both)."""
 
     def __init__(self, intra_op_threads: int = 0, graph_optimization: str = "all",
                  engine_cache: Optional[str] = None, spin: bool = True) -> None:

@@ -257,7 +257,7 @@ def test_intra_op_threads_sleep_between_inferences_when_asked():
     from edge.runtime import SessionSettings
     key = "session.intra_op.allow_spinning"
     assert SessionSettings(spin=False).session_options(ort).get_session_config_entry(key) == "0"
-    with pytest.raises(Exception):  # not set: ORT's default, spinning
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: ORT's default, spinning
         SessionSettings().session_options(ort).get_session_config_entry(key)
 
 
