@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime intra-op threads per inference (0: one per core)")
         sp.add_argument("--ort-no-spin", action="store_true",
                         help="ONNX Runtime's intra-op threads sleep between inferences instead of spin-waiting "
-                        "(lower tail latency and no core burnt between calls on a small CPU; higher median)")
+                        "(no core burnt between calls; often a lower tail latency on a small CPU, a higher median)")
         sp.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
                         help="ONNX Runtime graph optimization level (default all)")
         sp.add_argument("--no-engine-cache", action="store_true",

@@ -78,7 +78,7 @@ class SessionSettings(object):
     engines (None: no cache), keyed by the model file's sha256 and the device; ``spin``: whether the
     intra-op threads spin-wait between inferences (ORT's default: the lowest median latency) or sleep:
     no core burnt between calls, which a device that also fine-tunes and streams may prefer (on 2 cores,
-    three runs of Predict over gRPC: the median 12-19 % higher asleep; the p99 lower in two runs, the same
+    three runs of Predict over gRPC: the median 13-19 % higher asleep; the p99 lower in two runs, the same
     in the third; ``benchmarks/latency.py`` measures both)."""
 
     def __init__(self, intra_op_threads: int = 0, graph_optimization: str = "all",

@@ -3,7 +3,7 @@
 A Download moves the registry's largest files; building a protobuf message around each chunk copies
 the data into the message and again when (de)serializing. ``encode_chunk`` writes the exact bytes
 ``Chunk.SerializeToString`` would (one copy of the data), ``encode_chunk_into`` the same with the data
-read straight into the message (no copy at all), ``decode_chunk`` returns the data as a
+read straight into the message (the read is its only copy), ``decode_chunk`` returns the data as a
 zero-copy ``memoryview`` of the received message. Tests check both against the protobuf runtime.
 
 Chunk: ``offset = 1`` (int64), ``data = 2`` (bytes), ``size = 3`` (int64), ``sha256 = 4`` (string).
