@@ -29,6 +29,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from benchmarks.report import command_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = "fleet-model"
@@ -373,11 +375,11 @@ def main(argv: Any = None) -> int:
         json.dump({"meta": meta, "runs": rows}, f, indent=2)
     lines = ["# Fleet fan-out: one cloud-server, N simulated edges ({} CPUs, {}; grpcio {})".format(
         meta["cpus"], meta["date"], meta["grpcio"]), "",
-        "Command: `python -m benchmarks.fleet {}`. Version files: {} KiB; {} stalled Download readers held "
+        "Command: `{}`. Version files: {} KiB; {} stalled Download readers held "
         "throughout. Latencies are of a prober calling health Check and ListModels back to back during the "
         "fan-out (from the publish until the last edge verified). The simulated edges run at niceness {} (they stand in "
         "for remote devices on this machine).".format(
-            " ".join(sys.argv[1:]) if argv is None else " ".join(argv), "+".join(map(str, a.file_kb)), a.stalled,
+            command_line("benchmarks.fleet", argv), "+".join(map(str, a.file_kb)), a.stalled,
             a.edge_nice), "",
         "| edges | verified | errors | publish → verified p50 / p99 / max (s) | health p50 / p99 (ms) | "
         "ListModels p50 / p99 (ms) | probe failures | download MB/s | server CPU (s) | server peak RSS (MB) | "

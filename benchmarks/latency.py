@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import numpy as np
 
 
-from benchmarks.report import write_report
+from benchmarks.report import command_line, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDLE_GAP_S = 0.0005  # about an empty RPC: how long a server's model sits idle between Predicts
@@ -517,7 +517,7 @@ def main(argv: Any = None) -> int:
         e = engines(a.model, windows, a.n)
         prof = ort_profile(a.model, windows)
     import platform
-    r = {"command": "python -m benchmarks.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r = {"command": command_line("benchmarks.latency", argv),
          "machine": "{} {} cores, Python {}".format(platform.machine(), os.cpu_count(), platform.python_version()),
          "date": time.strftime("%Y-%m-%d"), "model": a.model, "windows_file": os.path.relpath(a.windows, ROOT),
          "windows": len(ds), "engines": e, "grpc": g, "cold_start": cs, "ort_profile_batch_32": prof}

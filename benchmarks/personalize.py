@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget, stage2_path,
                                  labeled_sets, methods_for, prepare_dataset, pretrained, train_method)
-from benchmarks.report import add_study_flags, mean_std, paired, write_report
+from benchmarks.report import add_study_flags, command_line, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.hparams import STAGE2_PRESETS
 
@@ -283,7 +283,7 @@ def main(argv: Any = None) -> int:
     if a.no_report:
         return 0
     r["summary"] = summarize(r)
-    r["command"] = "python -m benchmarks.personalize " + " ".join(argv if argv is not None else sys.argv[1:])
+    r["command"] = command_line("benchmarks.personalize", argv)
     r["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     write_report(a.out, "personalize", r, markdown, plot)
     return 0

@@ -3,7 +3,9 @@
 accuracy claim uses (``paired``: mean difference by seed with its 95 % interval)."""
 import json
 import os
-from typing import Any, Callable, Dict, List
+import shlex
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +20,13 @@ def write_report(out: str, stem: str, r: Dict[str, Any], markdown: Callable[[Dic
         f.write(text)
     plot(r, os.path.join(out, stem + ".png"))
     print(text)
+
+
+def command_line(module: str, argv: Optional[Sequence[str]] = None) -> str:
+    """How a benchmark was run, as a shell line that runs it again (``argv``: its arguments, default the
+    process's), quoting what needs it (``--methods "CPC + pseudo-labels"``)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", "-m", module] + [shlex.quote(str(x)) for x in args])
 
 
 def paired(a: List[float], b: List[float]) -> Dict[str, float]:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 
-from benchmarks.report import mean_std, paired, write_report
+from benchmarks.report import command_line, mean_std, paired, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "edge", "state", "models", "cosmo-hapt", "v1")
@@ -155,7 +155,7 @@ def main(argv: Any = None) -> int:
         print("sensor_loss: --seeds: give at least 2 seeds (the differences are paired by seed)", file=sys.stderr)
         return 2
     r = run(a.model, a.labels, a.seeds, a.epochs)
-    r.update({"command": "python -m benchmarks.sensor_loss " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r.update({"command": command_line("benchmarks.sensor_loss", argv),
               "date": time.strftime("%Y-%m-%d"), "seeds": a.seeds, "epochs": a.epochs,
               "model": os.path.relpath(a.model, ROOT), "labels": os.path.relpath(a.labels, ROOT)})
     write_report(a.out, "sensor_loss", r, markdown, plot)
