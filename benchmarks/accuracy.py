@@ -101,6 +101,12 @@ def _slug(name: str) -> str:
     return name.replace("/", "per").replace("%", "pct").replace(" ", "_").replace("(", "").replace(")", "")
 
 
+def seed_dir(out: str, dataset: str, seed: int) -> str:
+    """A seed's folder in an accuracy run's ``--out``: its stage-1 encoders and stage-2 cells
+    (``stage2_path``); the other studies reuse runs through it."""
+    return os.path.join(out, dataset, "seed{}".format(seed))
+
+
 def stage2_path(root: str, setting: str, method: str) -> str:
     """The cached stage-2 run of ``method`` at label ``setting`` ("1%", ...) in a seed's folder ``root``
     (``--out/<dataset>/seed<N>``); other studies read an accuracy run's cells through it."""
@@ -378,7 +384,7 @@ def main(argv: Any = None) -> int:
     for d, sets in settings.items():
         train, val, test, _ = data[d]
         for seed in a.seeds:
-            root = os.path.join(a.out, d, "seed{}".format(seed))
+            root = seed_dir(a.out, d, seed)
             all_labeled, unl = labeled_sets(train, d, seed)
             # pretraining, once per (dataset, seed)
             enc = {}  # type: Dict[str, str]

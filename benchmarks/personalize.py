@@ -36,8 +36,9 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget, stage2_path,
-                                 labeled_sets, methods_for, prepare_dataset, pretrained, train_method)
+from benchmarks.accuracy import (OURS, CPC_SEMI, FUSION_ONLY, PRETRAINED, SETTINGS, STAGE1, _slug, budget,
+                                 labeled_sets, methods_for, prepare_dataset, pretrained, seed_dir, stage2_path,
+                                 train_method)
 from benchmarks.report import add_study_flags, command_line, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.hparams import STAGE2_PRESETS
@@ -94,7 +95,7 @@ def run_method(disp: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
         lab = train.subset(all_labeled[a.setting])
         enc, q = None, None
         if key_ in STAGE1 or key_ in PRETRAINED:
-            root = os.path.join(a.stage1_from or a.work, "hapt", "seed{}".format(seed))
+            root = seed_dir(a.stage1_from or a.work, "hapt", seed)
             enc, q = pretrained(key_, root, unl, train.num_classes, a.s1_epochs, seed, reuse_only=bool(a.stage1_from))
         t0 = time.time()
         if os.path.isfile(path + ".pt"):
@@ -109,7 +110,7 @@ def run_method(disp: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
              "test_accuracy": evaluate(model, test)["accuracy"],
              "val": score_subjects(model, val), "test": score_subjects(model, test)}
         if a.stage1_from:  # the accuracy run's cell of the same method and seed, when it has one
-            cell = stage2_path(os.path.join(a.stage1_from, "hapt", "seed{}".format(seed)), a.setting, disp)
+            cell = stage2_path(seed_dir(a.stage1_from, "hapt", seed), a.setting, disp)
             if os.path.isfile(cell):
                 with open(cell) as f:
                     r["accuracy_run_test_accuracy"] = json.load(f)["test"]["accuracy"]

@@ -34,7 +34,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from benchmarks.accuracy import budget, labeled_sets, prepare_dataset, pretrained, stage2_path
+from benchmarks.accuracy import budget, labeled_sets, prepare_dataset, pretrained, seed_dir, stage2_path
 from benchmarks.report import add_study_flags, mean_std, paired, write_report
 from shared.files import cached_json
 from shared.training import Stage2Config, accuracy_without, evaluate, finetune, load_encoder_bundle
@@ -89,7 +89,7 @@ def run_candidate(name: str, seed: int, data: Any, a: Any) -> Dict[str, Any]:
             name, seed, a.out))
     all_labeled, unl = labeled_sets(train, "hapt", seed)
     lab = train.subset(all_labeled["1%"])
-    root = os.path.join(a.stage1_from or a.out, "hapt", "seed{}".format(seed))  # accuracy's layout
+    root = seed_dir(a.stage1_from or a.out, "hapt", seed)
     enc, q = pretrained("cosmo", root, unl, train.num_classes, a.s1_epochs, seed, reuse_only=bool(a.stage1_from))
     b = stage2_budget(name, a.s2_epochs, a.s2_max_steps)
     cfg = budget(Stage2Config(**dict(CANDIDATES[name], epochs=b["epochs"], fusion="concat", seed=seed)),
@@ -114,7 +114,7 @@ def baseline_tests(spec: str, seeds: List[int]) -> Dict[str, Any]:
         raise SystemExit("--baseline: expected DIR:METHOD (e.g. results/acc10:CPC), got {!r}".format(spec))
     tests = []
     for seed in seeds:
-        path = stage2_path(os.path.join(root, "hapt", "seed{}".format(seed)), "1%", method)
+        path = stage2_path(seed_dir(root, "hapt", seed), "1%", method)
         if not os.path.isfile(path):
             raise SystemExit("--baseline: no 1 % run of {} at seed {} ({} is missing)".format(method, seed, path))
         with open(path) as f:
